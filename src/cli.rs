@@ -1,0 +1,65 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::exit;
+
+/// Where the config is read from when neither `--config` nor `IMAGE_SYNC_CONFIG` is set
+/// (the CronJob mounts its ConfigMap there).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/image-sync/config.yaml";
+
+/// Keeps a container image cache registry filled with exactly the configured images,
+/// copying only when the upstream digest differs from the cached one.
+#[derive(Debug, Parser)]
+#[command(name = "image-sync", version, about, after_help = exit::HELP)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, value_name = "PATH", env = "IMAGE_SYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Check digests and report what would be copied; write nothing to the cache.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Validate the config, print the resolved plan to stderr and exit, without touching
+    /// any registry.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
+
+    /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for cluster log pipelines.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_and_dry_run_exclude_each_other() {
+        assert!(Cli::try_parse_from(["image-sync", "--check", "--dry-run"]).is_err());
+        let cli = Cli::try_parse_from(["image-sync", "--config", "x.yaml", "--log-format", "json"])
+            .expect("parses");
+        assert_eq!(
+            (cli.config, cli.log_format),
+            (PathBuf::from("x.yaml"), LogFormat::Json)
+        );
+    }
+}

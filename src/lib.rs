@@ -1,0 +1,166 @@
+//! image-sync: keeps a container image cache registry filled with exactly the configured
+//! images, digest-first, so that unchanged images cost no upstream pull quota.
+//!
+//! [`run`] is the whole program: load and validate the config into a [`plan::Plan`], find
+//! the tools, sync every image, print the [`report::Report`], and return the exit code.
+
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod exit;
+pub mod failure;
+pub mod logging;
+pub mod plan;
+pub mod process;
+pub mod reference;
+pub mod registry;
+pub mod report;
+pub mod signals;
+pub mod sync;
+pub mod tls;
+
+use std::sync::Arc;
+
+use crate::cli::Cli;
+use crate::plan::Plan;
+use crate::registry::Toolbox;
+use crate::report::Report;
+use crate::tls::TlsPolicy;
+
+/// Runs image-sync with parsed arguments and returns the process exit code.
+pub fn run(cli: &Cli) -> u8 {
+    let plan = match load_plan(cli) {
+        Ok(plan) => plan,
+        Err(message) => {
+            tracing::error!("{message}");
+            return exit::USAGE;
+        }
+    };
+    if cli.check {
+        tracing::info!("{}", describe_plan(&plan));
+        return exit::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the async runtime: {err}");
+            return exit::IMAGES_FAILED;
+        }
+    };
+    runtime.block_on(sync_and_report(&plan, cli.dry_run))
+}
+
+fn load_plan(cli: &Cli) -> Result<Plan, String> {
+    let raw = config::load(&cli.config).map_err(|err| format!("invalid config {err}"))?;
+    plan::resolve(raw, &cli.config).map_err(|err| err.to_string())
+}
+
+async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    if let Err(err) = signals::listen(cancel_tx) {
+        tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
+    }
+    let toolbox = Arc::new(Toolbox::discover(tls_policy(plan).await));
+    announce(plan, &toolbox, dry_run);
+
+    let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    let report = Report::new(&plan.cache_registry, dry_run, results);
+    report.print(&mut std::io::stdout().lock());
+    tracing::info!(
+        pulled = report.summary.pulled,
+        already_cached = report.summary.already_cached,
+        would_pull = report.summary.would_pull,
+        failed = report.summary.failed,
+        total = report.summary.total,
+        processes = process::spawned_count(),
+        "run finished"
+    );
+    signals::interrupted_exit_code()
+        .unwrap_or_else(|| exit::for_report(&report, plan.settings.skip_on_error))
+}
+
+/// The TLS policy, with the cache's address when a listed cache host resolves to an
+/// address crane speaks plain HTTP to (so copies can go through crane without
+/// `--insecure`, which would also weaken TLS towards the upstream).
+async fn tls_policy(plan: &Plan) -> TlsPolicy {
+    let policy = TlsPolicy::new(plan.settings.insecure_registries.clone());
+    if !policy.is_listed(&plan.cache_host) || tls::crane_speaks_http(&plan.cache_host) {
+        return policy;
+    }
+    let (name, port) = reference::split_port(&plan.cache_host);
+    let port: u16 = port.and_then(|p| p.parse().ok()).unwrap_or(443);
+    let lookup = tokio::time::timeout(
+        plan.settings.check_timeout,
+        tokio::net::lookup_host((name, port)),
+    )
+    .await;
+    let addresses: Vec<_> = match lookup {
+        Ok(Ok(addresses)) => addresses.map(|a| a.ip()).collect(),
+        _ => Vec::new(),
+    };
+    // Only when every address qualifies: a literal must reach the same registry the name does.
+    match addresses.first() {
+        Some(&first) if addresses.iter().all(|&ip| tls::is_plain_http_literal(ip)) => {
+            policy.with_cache_address(&plan.cache_host, first)
+        }
+        _ => policy,
+    }
+}
+
+fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
+    let listed: Vec<&str> = toolbox.tls().listed().collect();
+    if !listed.is_empty() {
+        tracing::info!(registries = ?listed, "treated as insecure (plain HTTP or unverified TLS): only these");
+    }
+    match (toolbox.crane(), toolbox.skopeo()) {
+        (Some(_), _) => {}
+        (None, Some(_)) => tracing::warn!(
+            "crane is not on PATH: using skopeo, whose digest checks are manifest GETs that spend pull quota (Docker Hub counts each one)"
+        ),
+        (None, None) => {
+            tracing::error!("neither crane nor skopeo is on PATH: every image will fail")
+        }
+    }
+    tracing::info!(
+        images = plan.jobs.len(),
+        concurrency = plan.settings.concurrency,
+        dry_run,
+        cache = %plan.cache_registry,
+        "starting sync"
+    );
+}
+
+/// The resolved plan, one image per line, for `--check`.
+pub fn describe_plan(plan: &Plan) -> String {
+    let settings = &plan.settings;
+    let mut text = format!(
+        "config {} is valid: {} image(s) into {} (concurrency {}, pull timeout {} s, check timeout {} s, skip_on_error {})",
+        plan.config_path.display(),
+        plan.jobs.len(),
+        plan.cache_registry,
+        settings.concurrency,
+        settings.pull_timeout.as_secs(),
+        settings.check_timeout.as_secs(),
+        settings.skip_on_error,
+    );
+    if !settings.insecure_registries.is_empty() {
+        let listed: Vec<&str> = settings
+            .insecure_registries
+            .iter()
+            .map(String::as_str)
+            .collect();
+        text.push_str(&format!("\ninsecure registries: {}", listed.join(", ")));
+    }
+    for job in &plan.jobs {
+        text.push_str(&format!(
+            "\n  [{}] {} -> {}",
+            job.index,
+            job.source.with_tag(&job.tag),
+            job.target.with_tag(&job.tag)
+        ));
+    }
+    text
+}

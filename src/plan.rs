@@ -1,0 +1,430 @@
+//! The validated plan: every config value checked and resolved before anything runs.
+//!
+//! [`resolve`] turns a [`RawConfig`] into a [`Plan`] (parsed references, concrete
+//! durations, cache targets) and reports every problem at once, each naming the image
+//! (index and source) and the field.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{RawConfig, RawImage, RawSettings};
+use crate::reference::{self, Repository, Tag};
+
+/// Default number of images processed at once.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Default bound on one copy.
+pub const DEFAULT_PULL_TIMEOUT_SECS: u64 = 300;
+/// Default bound on one digest check.
+pub const DEFAULT_CHECK_TIMEOUT_SECS: u64 = 30;
+/// Upper bound on `concurrency`: more parallel copies only get us rate limited.
+pub const MAX_CONCURRENCY: u64 = 64;
+/// Upper bound on any timeout (one day): a larger value is a unit mistake.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Where the config came from (for messages).
+    pub config_path: PathBuf,
+    /// `cache_registry` as written (it is echoed in the report).
+    pub cache_registry: String,
+    /// The cache registry's host (`host[:port]`).
+    pub cache_host: String,
+    /// The images, in config order.
+    pub jobs: Vec<Job>,
+    /// Resolved settings.
+    pub settings: Settings,
+}
+
+/// One image to keep cached.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Position in the config, from 0.
+    pub index: usize,
+    /// `source` exactly as written (the report echoes it).
+    pub image: String,
+    /// The upstream repository, normalised.
+    pub source: Repository,
+    /// The tag to sync.
+    pub tag: Tag,
+    /// Where the image lands in the cache.
+    pub target: Repository,
+}
+
+/// Resolved `settings`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Images processed at once.
+    pub concurrency: usize,
+    /// Bound on one copy.
+    pub pull_timeout: Duration,
+    /// Bound on one digest check.
+    pub check_timeout: Duration,
+    /// Exit 0 even when images failed.
+    pub skip_on_error: bool,
+    /// Hosts (`host[:port]`, lowercase) spoken to without TLS verification.
+    pub insecure_registries: BTreeSet<String>,
+}
+
+/// One thing wrong with the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `images[3] (source `nginx:1`) field `source``, `settings.concurrency`, ...
+    pub location: String,
+    /// What: a sentence fragment.
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug)]
+pub struct PlanError {
+    /// The config file.
+    pub path: PathBuf,
+    /// All problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        let plural = if count == 1 { "" } else { "s" };
+        write!(
+            f,
+            "invalid config {}: {count} problem{plural}",
+            self.path.display()
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {}: {}", problem.location, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// Validates a raw config into a plan, collecting every problem.
+pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
+    let mut problems = Vec::new();
+    let mut problem =
+        |location: String, message: String| problems.push(Problem { location, message });
+
+    let cache = parse_cache_registry(&raw.cache_registry);
+    if let Err(message) = &cache {
+        problem("cache_registry".to_owned(), message.clone());
+    }
+    let settings = resolve_settings(&raw.settings, &mut problem);
+    if raw.images.is_empty() {
+        problem(
+            "images".to_owned(),
+            "is empty; list at least one image".to_owned(),
+        );
+    }
+
+    let mut jobs = Vec::with_capacity(raw.images.len());
+    let mut targets: HashMap<(String, String), usize> = HashMap::new();
+    for (index, image) in raw.images.iter().enumerate() {
+        let location = |field: &str| {
+            format!(
+                "images[{index}] (source `{}`) field `{field}`",
+                shorten(&image.source)
+            )
+        };
+        let resolved = resolve_image(image, cache.as_ref().ok(), |field, message| {
+            problem(location(field), message)
+        });
+        let Some(job) = resolved.map(|(source, tag, target)| Job {
+            index,
+            image: image.source.clone(),
+            source,
+            tag,
+            target,
+        }) else {
+            continue;
+        };
+        let key = (job.target.to_string(), job.tag.to_string());
+        if let Some(first) = targets.insert(key, index) {
+            problem(
+                location(if image.cache_as.is_some() {
+                    "cache_as"
+                } else {
+                    "source"
+                }),
+                format!(
+                    "lands on the same cache image `{}` as images[{first}]; set `cache_as` on one of them",
+                    job.target.with_tag(&job.tag)
+                ),
+            );
+        }
+        jobs.push(job);
+    }
+
+    match (cache, settings) {
+        (Ok((cache_host, _)), Some(settings)) if problems.is_empty() => Ok(Plan {
+            config_path: config_path.to_owned(),
+            cache_registry: raw.cache_registry,
+            cache_host,
+            jobs,
+            settings,
+        }),
+        _ => Err(PlanError {
+            path: config_path.to_owned(),
+            problems,
+        }),
+    }
+}
+
+/// `host[:port]` plus an optional path prefix under which every image lands.
+fn parse_cache_registry(raw: &str) -> Result<(String, Option<String>), String> {
+    let (host, prefix) = match raw.split_once('/') {
+        Some((host, prefix)) => (host, Some(prefix)),
+        None => (raw, None),
+    };
+    if raw.contains("://") {
+        return Err(format!(
+            "`{}` has a URL scheme; write `host[:port]` and list plain-HTTP registries in `settings.insecure_registries`",
+            shorten(raw)
+        ));
+    }
+    let host = reference::parse_host(host).map_err(|err| format!("`{}` {err}", shorten(raw)))?;
+    let prefix = prefix
+        .map(|prefix| {
+            reference::parse_path(prefix)
+                .map_err(|err| format!("path prefix `{}` {err}", shorten(prefix)))
+        })
+        .transpose()?;
+    Ok((host, prefix))
+}
+
+fn resolve_settings(
+    raw: &RawSettings,
+    problem: &mut impl FnMut(String, String),
+) -> Option<Settings> {
+    let mut ok = true;
+    let mut bounded = |field: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
+        let value = value.unwrap_or(default);
+        if value == 0 || value > max {
+            problem(
+                format!("settings.{field}"),
+                format!("is {value}; it must be between 1 and {max}"),
+            );
+            ok = false;
+        }
+        value
+    };
+    let concurrency = bounded(
+        "concurrency",
+        raw.concurrency,
+        DEFAULT_CONCURRENCY as u64,
+        MAX_CONCURRENCY,
+    );
+    let pull = bounded(
+        "pull_timeout_secs",
+        raw.pull_timeout_secs,
+        DEFAULT_PULL_TIMEOUT_SECS,
+        MAX_TIMEOUT_SECS,
+    );
+    let check = bounded(
+        "check_timeout_secs",
+        raw.check_timeout_secs,
+        DEFAULT_CHECK_TIMEOUT_SECS.min(pull.max(1)),
+        MAX_TIMEOUT_SECS,
+    );
+    if raw.check_timeout_secs.is_some() && check > pull {
+        problem(
+            "settings.check_timeout_secs".to_owned(),
+            format!(
+                "is {check}, longer than `pull_timeout_secs` ({pull}); a digest check is never longer than a copy"
+            ),
+        );
+        ok = false;
+    }
+    let mut insecure_registries = BTreeSet::new();
+    for (i, entry) in raw.insecure_registries.iter().enumerate() {
+        match reference::parse_host(entry) {
+            Ok(host) => {
+                insecure_registries.insert(host);
+            }
+            Err(err) => {
+                problem(
+                    format!("settings.insecure_registries[{i}]"),
+                    format!("`{}` {err}", shorten(entry)),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Settings {
+        concurrency: usize::try_from(concurrency).unwrap_or(DEFAULT_CONCURRENCY),
+        pull_timeout: Duration::from_secs(pull),
+        check_timeout: Duration::from_secs(check),
+        skip_on_error: raw.skip_on_error.unwrap_or(false),
+        insecure_registries,
+    })
+}
+
+fn resolve_image(
+    image: &RawImage,
+    cache: Option<&(String, Option<String>)>,
+    mut problem: impl FnMut(&str, String),
+) -> Option<(Repository, Tag, Repository)> {
+    let source = Repository::parse_source(&image.source)
+        .map_err(|err| problem("source", format!("`{}` {err}", shorten(&image.source))))
+        .ok();
+    let tag = Tag::parse(&image.tag)
+        .map_err(|err| problem("tag", format!("`{}` {err}", shorten(&image.tag))))
+        .ok();
+    let cache_as = match &image.cache_as {
+        Some(path) => reference::parse_path(path)
+            .map(Some)
+            .map_err(|err| problem("cache_as", format!("`{}` {err}", shorten(path))))
+            .ok()?,
+        None => None,
+    };
+    let (source, tag, (cache_host, prefix)) = (source?, tag?, cache?);
+    let path = cache_as.unwrap_or_else(|| source.path().to_owned());
+    let path = match prefix {
+        Some(prefix) => format!("{prefix}/{path}"),
+        None => path,
+    };
+    Some((source, tag, Repository::new(cache_host, &path)))
+}
+
+/// Values are echoed in messages; a hostile 100 MB string must not be.
+fn shorten(value: &str) -> String {
+    const LIMIT: usize = 80;
+    let escaped: String = value.escape_debug().collect();
+    if escaped.chars().count() <= LIMIT {
+        escaped
+    } else {
+        format!("{}...", escaped.chars().take(LIMIT).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn plan(yaml: &str) -> Result<Plan, PlanError> {
+        resolve(
+            config::parse(yaml.as_bytes()).expect("yaml parses"),
+            Path::new("test.yaml"),
+        )
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match plan(yaml) {
+            Ok(_) => panic!("expected problems"),
+            Err(err) => err
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.location, p.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn default_cache_paths_drop_the_registry_host() {
+        let plan = plan(
+            "cache_registry: cache:5000\nimages:\n  - {source: nginx, tag: '1.27'}\n  - {source: ghcr.io/project-zot/zot-linux-amd64, tag: v2.1.2}\n  - {source: 127.0.0.1:5001/team/app, tag: v1}\n  - {source: docker.io/library/redis, tag: '7', cache_as: mirror/redis}\n",
+        )
+        .expect("valid");
+        let targets: Vec<String> = plan
+            .jobs
+            .iter()
+            .map(|j| j.target.with_tag(&j.tag))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "cache:5000/library/nginx:1.27",
+                "cache:5000/project-zot/zot-linux-amd64:v2.1.2",
+                "cache:5000/team/app:v1",
+                "cache:5000/mirror/redis:7"
+            ]
+        );
+        assert_eq!(plan.jobs[0].image, "nginx");
+        assert_eq!(plan.settings.concurrency, 2);
+        assert_eq!(plan.settings.pull_timeout, Duration::from_secs(300));
+        assert_eq!(plan.settings.check_timeout, Duration::from_secs(30));
+        assert!(!plan.settings.skip_on_error);
+    }
+
+    #[test]
+    fn a_cache_path_prefix_is_kept() {
+        let plan =
+            plan("cache_registry: cache:5000/mirror\nimages:\n  - {source: nginx, tag: x}\n")
+                .expect("valid");
+        assert_eq!(
+            plan.jobs[0].target.to_string(),
+            "cache:5000/mirror/library/nginx"
+        );
+        assert_eq!(plan.cache_host, "cache:5000");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(
+            "cache_registry: http://cache\nimages:\n  - {source: 'nginx:1.27', tag: '-x'}\n  - {source: redis, tag: '7', cache_as: 'A/B'}\nsettings:\n  concurrency: 0\n  pull_timeout_secs: 10\n  check_timeout_secs: 20\n  insecure_registries: ['cache/x']\n",
+        );
+        let expected_fragments = [
+            "cache_registry: `http://cache` has a URL scheme",
+            "settings.concurrency: is 0",
+            "settings.check_timeout_secs: is 20, longer than `pull_timeout_secs` (10)",
+            "settings.insecure_registries[0]",
+            "images[0] (source `nginx:1.27`) field `source`: `nginx:1.27` contains a tag",
+            "images[0] (source `nginx:1.27`) field `tag`: `-x` starts with `-`",
+            "images[1] (source `redis`) field `cache_as`: `A/B` has an invalid path component `A`",
+        ];
+        for fragment in expected_fragments {
+            assert!(
+                found.iter().any(|p| p.starts_with(fragment)),
+                "missing {fragment:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected_fragments.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn duplicate_cache_targets_are_an_error() {
+        let found = problems(
+            "cache_registry: c\nimages:\n  - {source: nginx, tag: x}\n  - {source: docker.io/library/nginx, tag: x}\n  - {source: ghcr.io/a/b, tag: x, cache_as: library/nginx}\n",
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].starts_with("images[1] (source `docker.io/library/nginx`) field `source`: lands on the same cache image `c/library/nginx:x` as images[0]"));
+        assert!(found[1].contains("images[2]") && found[1].contains("field `cache_as`"));
+    }
+
+    #[test]
+    fn check_timeout_defaults_to_at_most_the_pull_timeout() {
+        let plan = plan(
+            "cache_registry: c\nimages: [{source: a, tag: b}]\nsettings: {pull_timeout_secs: 10}\n",
+        )
+        .expect("valid");
+        assert_eq!(plan.settings.check_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn empty_images_and_huge_values_are_refused() {
+        assert_eq!(
+            problems("cache_registry: c\nimages: []\n"),
+            ["images: is empty; list at least one image"]
+        );
+        let found = problems(
+            "cache_registry: c\nimages: [{source: a, tag: b}]\nsettings: {pull_timeout_secs: 999999999}\n",
+        );
+        assert!(found[0].starts_with("settings.pull_timeout_secs: is 999999999"));
+    }
+
+    #[test]
+    fn hostile_values_are_shortened_and_escaped_in_messages() {
+        let long = "a".repeat(10_000);
+        let found = problems(&format!(
+            "cache_registry: c\nimages: [{{source: \"x\\n--rm {long}\", tag: b}}]\n"
+        ));
+        assert!(found[0].len() < 400, "{}", found[0]);
+        assert!(found[0].contains("x\\n--rm"), "{}", found[0]);
+    }
+}

@@ -1,0 +1,493 @@
+//! Image references: parsing, validating and normalising the registry hosts, repository
+//! paths, tags and digests a config may hold.
+//!
+//! Every value that later reaches a `crane` or `skopeo` command line passes through this
+//! module first. The grammar is the distribution reference grammar (the one `docker`,
+//! crane and skopeo share), with Docker Hub's normalisation: `nginx` and `docker.io/nginx`
+//! both mean `docker.io/library/nginx`.
+
+use std::fmt;
+
+/// The registry host that short names (`nginx`, `team/app`) resolve to.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// Longest repository name (`host/path`) the distribution grammar accepts.
+const MAX_NAME_LEN: usize = 255;
+
+/// Longest tag the distribution grammar accepts.
+const MAX_TAG_LEN: usize = 128;
+
+/// Why a reference was rejected. The texts complete a sentence that names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceError {
+    /// The value is empty.
+    Empty,
+    /// The value starts with `-` and could be read as a command-line option.
+    LeadingDash,
+    /// The value holds whitespace or control characters.
+    Whitespace,
+    /// The value carries a URL scheme such as `https://`.
+    Scheme,
+    /// A source carries a tag; tags belong in the `tag` field.
+    TagInSource(String),
+    /// A source carries a digest; image-sync syncs tags.
+    DigestInSource,
+    /// A registry host or port is malformed.
+    BadHost(String),
+    /// A path component breaks the grammar.
+    BadComponent(String),
+    /// The whole name is longer than 255 characters.
+    TooLong(usize),
+    /// A tag breaks the grammar.
+    BadTag,
+    /// A path holds a tag or digest separator.
+    SeparatorInPath,
+}
+
+impl fmt::Display for ReferenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "is empty"),
+            Self::LeadingDash => write!(
+                f,
+                "starts with `-`, which a command line would read as an option"
+            ),
+            Self::Whitespace => write!(f, "contains whitespace or control characters"),
+            Self::Scheme => write!(
+                f,
+                "contains a URL scheme; write `host[:port]/path` (list plain-HTTP registries in `settings.insecure_registries`)"
+            ),
+            Self::TagInSource(tag) => {
+                write!(f, "contains a tag (`:{tag}`); move it to the `tag` field")
+            }
+            Self::DigestInSource => write!(
+                f,
+                "contains a digest (`@...`); image-sync syncs tags: name the tag in `tag`"
+            ),
+            Self::BadHost(host) => write!(
+                f,
+                "has an invalid registry host `{host}` (expected `host[:port]`, letters, digits, `-` and `.`)"
+            ),
+            Self::BadComponent(component) => write!(
+                f,
+                "has an invalid path component `{component}` (lowercase letters and digits, separated by `.`, `_`, `__` or dashes)"
+            ),
+            Self::TooLong(len) => {
+                write!(f, "is {len} characters long; the limit is {MAX_NAME_LEN}")
+            }
+            Self::BadTag => write!(
+                f,
+                "is not a valid tag (1 to {MAX_TAG_LEN} characters of `A-Za-z0-9_.-`, not starting with `.` or `-`)"
+            ),
+            Self::SeparatorInPath => write!(f, "contains `:` or `@`; a path has no tag or digest"),
+        }
+    }
+}
+
+impl std::error::Error for ReferenceError {}
+
+/// A repository: a registry host plus a repository path, normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repository {
+    host: String,
+    path: String,
+}
+
+impl Repository {
+    /// Parses an image source as written in the config (`nginx`, `ghcr.io/org/app`,
+    /// `127.0.0.1:5001/team/app`). Tags and digests are rejected: they have fields of
+    /// their own.
+    pub fn parse_source(raw: &str) -> Result<Self, ReferenceError> {
+        check_common(raw)?;
+        if raw.contains('@') {
+            return Err(ReferenceError::DigestInSource);
+        }
+        let (host, rest) = match raw.split_once('/') {
+            Some((first, rest)) if looks_like_host(first) => (first.to_ascii_lowercase(), rest),
+            _ => (DOCKER_HUB.to_owned(), raw),
+        };
+        validate_host(&host)?;
+        if let Some((_, tag)) = rest.rsplit_once(':') {
+            return Err(ReferenceError::TagInSource(tag.to_owned()));
+        }
+        validate_path(rest)?;
+        let host = if host == "index.docker.io" || host == "registry-1.docker.io" {
+            DOCKER_HUB.to_owned()
+        } else {
+            host
+        };
+        let path = if host == DOCKER_HUB && !rest.contains('/') {
+            format!("library/{rest}")
+        } else {
+            rest.to_owned()
+        };
+        let full_len = host.len() + 1 + path.len();
+        if full_len > MAX_NAME_LEN {
+            return Err(ReferenceError::TooLong(full_len));
+        }
+        Ok(Self { host, path })
+    }
+
+    /// Builds a repository from parts that were each validated already.
+    pub fn new(host: &str, path: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            path: path.to_owned(),
+        }
+    }
+
+    /// The registry host, with its port if it has one.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The repository path inside the registry (`library/nginx`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `host/path:tag`.
+    pub fn with_tag(&self, tag: &Tag) -> String {
+        format!("{self}:{tag}")
+    }
+
+    /// `host/path@digest`.
+    pub fn with_digest(&self, digest: &Digest) -> String {
+        format!("{self}@{digest}")
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, self.path)
+    }
+}
+
+/// A validated tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    /// Validates a tag against `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+    pub fn parse(raw: &str) -> Result<Self, ReferenceError> {
+        check_common(raw)?;
+        let mut chars = raw.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !first_ok || !rest_ok || raw.len() > MAX_TAG_LEN {
+            return Err(ReferenceError::BadTag);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The tag text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A content digest (`sha256:<64 hex>` or `sha512:<128 hex>`), as a registry reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Parses a digest printed by a tool; `None` when the text is not exactly one digest.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (algorithm, hex) = raw.trim().split_once(':')?;
+        let expected_len = match algorithm {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return None,
+        };
+        let hex_ok = hex.len() == expected_len
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        hex_ok.then(|| Self(format!("{algorithm}:{hex}")))
+    }
+
+    /// The sha256 digest of some bytes (a manifest read with `skopeo inspect --raw`).
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let hash = Sha256::digest(bytes);
+        let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
+        Self(format!("sha256:{hex}"))
+    }
+
+    /// The digest text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validates a registry host with an optional port (`cache:5000`, `[::1]:5000`), as used in
+/// `cache_registry` and `settings.insecure_registries`. Returns it lowercased.
+pub fn parse_host(raw: &str) -> Result<String, ReferenceError> {
+    check_common(raw)?;
+    if raw.contains('/') {
+        return Err(ReferenceError::BadHost(raw.to_owned()));
+    }
+    let host = raw.to_ascii_lowercase();
+    validate_host(&host)?;
+    Ok(host)
+}
+
+/// Validates a repository path without a host (`cache_as`, a cache path prefix).
+pub fn parse_path(raw: &str) -> Result<String, ReferenceError> {
+    check_common(raw)?;
+    if raw.contains(':') || raw.contains('@') {
+        return Err(ReferenceError::SeparatorInPath);
+    }
+    validate_path(raw)?;
+    if raw.len() > MAX_NAME_LEN {
+        return Err(ReferenceError::TooLong(raw.len()));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Splits `host[:port]` into its host and port parts (IPv6 literals keep their brackets).
+pub fn split_port(host: &str) -> (&str, Option<&str>) {
+    if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
+        let (name, after) = host.split_at(end + 2);
+        return (name, after.strip_prefix(':'));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    }
+}
+
+fn check_common(raw: &str) -> Result<(), ReferenceError> {
+    if raw.is_empty() {
+        return Err(ReferenceError::Empty);
+    }
+    if raw.starts_with('-') {
+        return Err(ReferenceError::LeadingDash);
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ReferenceError::Whitespace);
+    }
+    if raw.contains("://") {
+        return Err(ReferenceError::Scheme);
+    }
+    Ok(())
+}
+
+/// Docker's rule: the first component names a registry when it has a `.` or `:`, is
+/// `localhost`, or has upper-case letters (paths are lowercase).
+fn looks_like_host(first: &str) -> bool {
+    first.contains(['.', ':', '['])
+        || first == "localhost"
+        || first.chars().any(|c| c.is_ascii_uppercase())
+}
+
+fn validate_host(host: &str) -> Result<(), ReferenceError> {
+    let bad = || ReferenceError::BadHost(host.to_owned());
+    let (name, port) = split_port(host);
+    if let Some(port) = port {
+        let numeric =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !numeric || port.parse::<u32>().map_or(true, |p| p == 0 || p > 65_535) {
+            return Err(bad());
+        }
+    }
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return literal
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| bad());
+    }
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if labels_ok { Ok(()) } else { Err(bad()) }
+}
+
+fn validate_path(path: &str) -> Result<(), ReferenceError> {
+    path.split('/').try_for_each(|component| {
+        if valid_component(component) {
+            Ok(())
+        } else {
+            Err(ReferenceError::BadComponent(component.to_owned()))
+        }
+    })
+}
+
+/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
+fn valid_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    if !alnum(first) || !alnum(last) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let allowed = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !allowed {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(raw: &str) -> String {
+        Repository::parse_source(raw)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn docker_hub_short_names_normalise_to_library() {
+        assert_eq!(source("nginx"), "docker.io/library/nginx");
+        assert_eq!(source("docker.io/nginx"), "docker.io/library/nginx");
+        assert_eq!(source("index.docker.io/nginx"), "docker.io/library/nginx");
+        assert_eq!(
+            source("akeyless/k8s-webhook-server"),
+            "docker.io/akeyless/k8s-webhook-server"
+        );
+    }
+
+    #[test]
+    fn hosts_and_paths_split_like_docker() {
+        let zot = Repository::parse_source("ghcr.io/project-zot/zot-linux-amd64").expect("valid");
+        assert_eq!(
+            (zot.host(), zot.path()),
+            ("ghcr.io", "project-zot/zot-linux-amd64")
+        );
+        let local = Repository::parse_source("127.0.0.1:5001/team/app").expect("valid");
+        assert_eq!((local.host(), local.path()), ("127.0.0.1:5001", "team/app"));
+        let localhost = Repository::parse_source("localhost/app").expect("valid");
+        assert_eq!(localhost.host(), "localhost");
+        let v6 = Repository::parse_source("[::1]:5000/app").expect("valid");
+        assert_eq!((v6.host(), v6.path()), ("[::1]:5000", "app"));
+    }
+
+    #[test]
+    fn sources_with_tags_digests_or_options_are_rejected() {
+        assert_eq!(
+            source("nginx:1.27"),
+            "error: contains a tag (`:1.27`); move it to the `tag` field"
+        );
+        assert!(source("127.0.0.1:5000/app:v1").contains("contains a tag"));
+        assert!(source("nginx@sha256:abc").contains("digest"));
+        assert!(source("--insecure").contains("starts with `-`"));
+        assert!(source("https://ghcr.io/a").contains("scheme"));
+        assert!(source("ng inx").contains("whitespace"));
+        assert!(source("nginx\n--x").contains("whitespace"));
+        assert!(source("Docker.io/Nginx").contains("invalid path component `Nginx`"));
+        assert!(source("library/ngINX").contains("invalid path component"));
+        assert!(source("a..b/c").contains("invalid registry host"));
+        assert!(source("host:99999/c").contains("invalid registry host"));
+        assert!(source("host:/c").contains("invalid registry host"));
+        assert!(source("").contains("is empty"));
+        assert!(source("a//b").contains("invalid path component ``"));
+        assert!(source(&format!("ghcr.io/{}", "a".repeat(300))).contains("limit is 255"));
+    }
+
+    #[test]
+    fn path_components_follow_the_grammar() {
+        for ok in ["a", "a.b", "a_b", "a__b", "a---b", "a1-2.3_4"] {
+            assert!(valid_component(ok), "{ok}");
+        }
+        for bad in [
+            "", "-a", "a-", "a___b", "a._b", "A", "a b", "a..b", ".a", "a$",
+        ] {
+            assert!(!valid_component(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags_follow_the_grammar() {
+        for ok in ["latest", "1.27-alpine", "_x", "v2.1.2", &"a".repeat(128)] {
+            assert!(Tag::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a:b",
+            "a/b",
+            "a b",
+            "$(id)",
+            &"a".repeat(129),
+        ] {
+            assert!(Tag::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digests_are_parsed_strictly() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            Digest::parse(&format!("sha256:{hex}\n")).map(|d| d.0),
+            Some(format!("sha256:{hex}"))
+        );
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());
+        assert!(Digest::parse("sha256:abc").is_none());
+        assert!(Digest::parse("md5:abc").is_none());
+        assert!(Digest::parse("Error: boom").is_none());
+        assert_eq!(
+            Digest::of_bytes(b"").as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn hosts_and_paths_for_the_cache_are_validated() {
+        assert_eq!(
+            parse_host("Cache.Local:5000").as_deref(),
+            Ok("cache.local:5000")
+        );
+        assert!(parse_host("cache/x").is_err());
+        assert!(parse_host("http://cache").is_err());
+        assert!(parse_host("-cache").is_err());
+        assert_eq!(
+            parse_path("project-zot/zot").as_deref(),
+            Ok("project-zot/zot")
+        );
+        assert!(parse_path("x:1").is_err());
+        assert!(parse_path("/x").is_err());
+        assert_eq!(split_port("cache:5000"), ("cache", Some("5000")));
+        assert_eq!(split_port("[::1]:5000"), ("[::1]", Some("5000")));
+        assert_eq!(split_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_port("cache"), ("cache", None));
+    }
+}

@@ -1,0 +1,185 @@
+//! The JSON report printed on stdout: the seed's contract, plus `dry_run`, `would_pull`
+//! and the tool per result. Field names are public: add, never rename.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::registry::Tool;
+
+/// What happened to one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Copied into the cache in this run.
+    Pulled,
+    /// The cache already held the upstream digest.
+    AlreadyCached,
+    /// Dry run: would have been copied.
+    WouldPull,
+    /// See `error`.
+    Failed,
+}
+
+/// One line of `results`, in config order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageResult {
+    /// `source` as written in the config.
+    pub image: String,
+    /// `tag` as written in the config.
+    pub tag: String,
+    /// What happened.
+    pub action: Action,
+    /// The upstream digest that was checked (and copied), when read.
+    pub remote_digest: Option<String>,
+    /// The cache's digest before this run; null when the tag was not cached.
+    pub cached_digest: Option<String>,
+    /// Wall time spent on this image.
+    pub duration_ms: u64,
+    /// One line naming the cause, or null.
+    pub error: Option<String>,
+    /// The tool that did the work (the copy, else the last check), or null.
+    pub tool: Option<Tool>,
+}
+
+/// Counts by action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Images copied.
+    pub pulled: usize,
+    /// Images already cached.
+    pub already_cached: usize,
+    /// Images a dry run would copy.
+    pub would_pull: usize,
+    /// Images that failed.
+    pub failed: usize,
+    /// All images.
+    pub total: usize,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When the run ended (RFC 3339, UTC).
+    pub timestamp: String,
+    /// Whether this was a dry run (nothing written to the cache).
+    pub dry_run: bool,
+    /// `cache_registry` as written in the config.
+    pub cache_registry: String,
+    /// Counts by action.
+    pub summary: Summary,
+    /// One entry per image, in config order.
+    pub results: Vec<ImageResult>,
+}
+
+impl Report {
+    /// Builds a report, counting the results.
+    pub fn new(cache_registry: &str, dry_run: bool, results: Vec<ImageResult>) -> Self {
+        let mut summary = Summary {
+            total: results.len(),
+            ..Summary::default()
+        };
+        for result in &results {
+            match result.action {
+                Action::Pulled => summary.pulled += 1,
+                Action::AlreadyCached => summary.already_cached += 1,
+                Action::WouldPull => summary.would_pull += 1,
+                Action::Failed => summary.failed += 1,
+            }
+        }
+        Self {
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            dry_run,
+            cache_registry: cache_registry.to_owned(),
+            summary,
+            results,
+        }
+    }
+
+    /// Writes the report as pretty JSON plus a newline. A closed stdout (`| head`) is not
+    /// an error worth failing the run for: the images were synced regardless.
+    pub fn print(&self, out: &mut impl Write) {
+        let written = serde_json::to_writer_pretty(&mut *out, self)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush());
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "could not write the report to stdout");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(action: Action) -> ImageResult {
+        ImageResult {
+            image: "nginx".into(),
+            tag: "1".into(),
+            action,
+            remote_digest: None,
+            cached_digest: None,
+            duration_ms: 1,
+            error: None,
+            tool: Some(Tool::Crane),
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_every_action_and_keeps_the_seed_field_names() {
+        let report = Report::new(
+            "cache:5000",
+            false,
+            vec![
+                result(Action::Pulled),
+                result(Action::Failed),
+                result(Action::AlreadyCached),
+                result(Action::AlreadyCached),
+            ],
+        );
+        let json = serde_json::to_value(&report).expect("serialises");
+        assert_eq!(
+            json["summary"],
+            serde_json::json!({"pulled": 1, "already_cached": 2, "would_pull": 0, "failed": 1, "total": 4})
+        );
+        assert_eq!(json["results"][0]["action"], "pulled");
+        assert_eq!(json["results"][2]["action"], "already_cached");
+        assert_eq!(json["results"][0]["tool"], "crane");
+        assert_eq!(json["results"][0]["cached_digest"], serde_json::Value::Null);
+        assert_eq!(json["cache_registry"], "cache:5000");
+        assert!(json["timestamp"].as_str().expect("string").ends_with('Z'));
+        let keys: Vec<&str> = json["results"][0]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "image",
+            "tag",
+            "action",
+            "remote_digest",
+            "cached_digest",
+            "duration_ms",
+            "error",
+            "tool",
+        ] {
+            assert!(keys.contains(&key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_closed_stdout_does_not_panic() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        Report::new("c", true, vec![result(Action::WouldPull)]).print(&mut Closed);
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `image-sync` binary against real Distribution registries on
+//! 127.0.0.1, with real crane and real skopeo, and images made by the tests themselves.
+
+mod cli;
+mod config_errors;
+mod support;
+mod sync;

@@ -1,0 +1,53 @@
+//! Test fixtures: real registries, real tools, OCI images made here, and a builder that
+//! runs the real `image-sync` binary.
+
+pub mod image;
+pub mod registry;
+pub mod runner;
+
+use std::path::PathBuf;
+
+/// Set by CI: a missing tool fails the test instead of skipping it, so that a green run
+/// always means the real tools ran.
+pub const REQUIRE_TOOLS_VAR: &str = "IMAGE_SYNC_REQUIRE_TOOLS";
+
+/// Finds an executable on PATH.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The paths of crane, skopeo and docker-registry, or `None` (the test is skipped) when one
+/// is missing and CI did not require them. Under CI a missing tool panics.
+pub fn tools() -> Option<Tools> {
+    let found = (
+        find_tool("crane"),
+        find_tool("skopeo"),
+        find_tool("docker-registry"),
+    );
+    match found {
+        (Some(crane), Some(skopeo), Some(registry)) => Some(Tools {
+            crane,
+            skopeo,
+            registry,
+        }),
+        _ => {
+            let message = format!(
+                "crane, skopeo and docker-registry are needed on PATH (found {found:?}); install them with scripts/install-test-tools"
+            );
+            assert!(std::env::var_os(REQUIRE_TOOLS_VAR).is_none(), "{message}");
+            eprintln!("SKIPPED: {message}");
+            None
+        }
+    }
+}
+
+/// The external tools a test uses.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub crane: PathBuf,
+    pub skopeo: PathBuf,
+    pub registry: PathBuf,
+}

@@ -1,0 +1,140 @@
+//! Runs the real `image-sync` binary and returns its exit code, parsed report and stderr.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// A configured run of the binary.
+pub struct ImageSync {
+    dir: tempfile::TempDir,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+}
+
+/// What a run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Option<Value>,
+}
+
+impl Outcome {
+    /// The report; panics with the run's output when there is none.
+    pub fn report(&self) -> &Value {
+        self.report.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no JSON report; stdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// `results[i]`.
+    pub fn result(&self, index: usize) -> &Value {
+        &self.report()["results"][index]
+    }
+
+    /// The `action` of every result, in order.
+    pub fn actions(&self) -> Vec<String> {
+        self.report()["results"]
+            .as_array()
+            .expect("results array")
+            .iter()
+            .map(|r| r["action"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Panics with the whole run output unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl ImageSync {
+    /// A run with a fresh working directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("run dir"),
+            args: Vec::new(),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            env_remove: vec!["IMAGE_SYNC_CONFIG".into(), "DOCKER_CONFIG".into()],
+        }
+    }
+
+    /// Writes `yaml` as the config and passes `--config` to it.
+    pub fn config(mut self, yaml: &str) -> Self {
+        let path = self.write("config.yaml", yaml.as_bytes());
+        self.args.extend(["--config".into(), path.into_os_string()]);
+        self
+    }
+
+    /// Writes a file into the run's directory and returns its path.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write file");
+        path
+    }
+
+    /// The run's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the binary to completion.
+    pub fn run(self) -> Outcome {
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .expect("run image-sync");
+        outcome(output)
+    }
+
+    /// The command, for tests that need to signal the running process.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_image-sync"));
+        command.args(&self.args).current_dir(self.dir.path());
+        for key in &self.env_remove {
+            command.env_remove(key);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+}
+
+/// Parses a finished process's output.
+pub fn outcome(output: std::process::Output) -> Outcome {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = serde_json::from_str(&stdout).ok();
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        report,
+    }
+}

@@ -1,0 +1,596 @@
+//! The sync path end to end: digest-first checks, copies that keep digests, failures that
+//! stay per image, the skopeo fallback, credentials, timeouts and concurrency.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use crate::support::image::{self, Format, Kind, OciLayout};
+use crate::support::registry::{HungSocket, Registry};
+use crate::support::runner::ImageSync;
+use crate::support::{self, Tools};
+
+/// An upstream and a cache registry, both empty.
+struct Pair {
+    tools: Tools,
+    upstream: Registry,
+    cache: Registry,
+}
+
+fn pair() -> Option<Pair> {
+    let tools = support::tools()?;
+    let upstream = Registry::start(&tools);
+    let cache = Registry::start(&tools);
+    Some(Pair {
+        tools,
+        upstream,
+        cache,
+    })
+}
+
+/// A config syncing `images` (source, tag) into `cache`, with extra `settings` lines.
+fn config(cache: &str, images: &[(String, &str)], settings: &str) -> String {
+    let mut yaml = format!("cache_registry: \"{cache}\"\nimages:\n");
+    for (source, tag) in images {
+        yaml.push_str(&format!("  - source: \"{source}\"\n    tag: \"{tag}\"\n"));
+    }
+    yaml.push_str("settings:\n  check_timeout_secs: 20\n  pull_timeout_secs: 60\n");
+    yaml.push_str(settings);
+    yaml
+}
+
+/// A PATH holding only links to the named tools (plus a shim dir first, when given).
+fn path_with(dir: &Path, tools: &[&Path]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    for tool in tools {
+        symlink(tool, bin.join(tool.file_name().expect("file name"))).expect("symlink");
+    }
+    bin
+}
+
+#[test]
+fn first_run_copies_with_identical_digests_and_a_second_run_spends_no_pull() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "multi",
+        &format!("{up}/team/multi:v1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "docker",
+        &format!("{up}/library/docker-format:1.0"),
+        Format::DockerV2S2,
+    );
+    let yaml = config(
+        &p.cache.host(),
+        &[
+            (format!("{up}/team/multi"), "v1"),
+            (format!("{up}/library/docker-format"), "1.0"),
+        ],
+        "",
+    );
+
+    let first = ImageSync::new().config(&yaml).run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled", "pulled"]);
+    for (index, (source, target)) in [
+        (
+            format!("{up}/team/multi:v1"),
+            format!("{}/team/multi:v1", p.cache.host()),
+        ),
+        (
+            format!("{up}/library/docker-format:1.0"),
+            format!("{}/library/docker-format:1.0", p.cache.host()),
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let upstream_digest = image::digest_of(&p.tools, source).expect("upstream digest");
+        assert_eq!(
+            image::digest_of(&p.tools, target).as_deref(),
+            Some(upstream_digest.as_str()),
+            "{target}"
+        );
+        let result = first.result(index);
+        assert_eq!(result["remote_digest"], upstream_digest.as_str());
+        assert_eq!(result["cached_digest"], serde_json::Value::Null);
+        assert_eq!(result["tool"], "crane");
+        assert_eq!(result["error"], serde_json::Value::Null);
+    }
+    assert_eq!(
+        image::media_type_of(&p.tools, &format!("{}/team/multi:v1", p.cache.host())),
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        image::media_type_of(
+            &p.tools,
+            &format!("{}/library/docker-format:1.0", p.cache.host())
+        ),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let summary = &first.report()["summary"];
+    assert_eq!(
+        summary,
+        &serde_json::json!({"pulled": 2, "already_cached": 0, "would_pull": 0, "failed": 0, "total": 2})
+    );
+    assert_eq!(first.report()["dry_run"], false);
+
+    let (upstream_before, cache_before) = (p.upstream.counts(), p.cache.counts());
+    let second = ImageSync::new().config(&yaml).run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["already_cached", "already_cached"]);
+    assert_eq!(
+        second.result(0)["cached_digest"],
+        second.result(0)["remote_digest"]
+    );
+    let upstream = p.upstream.counts() - upstream_before;
+    assert_eq!(
+        (
+            upstream.manifest_heads,
+            upstream.manifest_gets,
+            upstream.blob_reads
+        ),
+        (2, 0, 0),
+        "{upstream:?}"
+    );
+    assert_eq!((p.cache.counts() - cache_before).writes, 0);
+}
+
+#[test]
+fn a_moved_tag_is_copied_again_alone() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "a1",
+        &format!("{up}/app/a:stable"),
+        Format::Oci,
+    );
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "b1",
+        &format!("{up}/app/b:stable"),
+        Format::Oci,
+    );
+    let yaml = config(
+        &p.cache.host(),
+        &[
+            (format!("{up}/app/a"), "stable"),
+            (format!("{up}/app/b"), "stable"),
+        ],
+        "",
+    );
+    ImageSync::new().config(&yaml).run().expect_code(0);
+    let old = image::digest_of(&p.tools, &format!("{up}/app/a:stable")).expect("digest");
+
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "a2",
+        &format!("{up}/app/a:stable"),
+        Format::Oci,
+    );
+    let moved = image::digest_of(&p.tools, &format!("{up}/app/a:stable")).expect("digest");
+    assert_ne!(old, moved);
+    let rerun = ImageSync::new().config(&yaml).run();
+    rerun.expect_code(0);
+    assert_eq!(rerun.actions(), ["pulled", "already_cached"]);
+    assert_eq!(rerun.result(0)["cached_digest"], old.as_str());
+    assert_eq!(rerun.result(0)["remote_digest"], moved.as_str());
+    assert_eq!(
+        image::digest_of(&p.tools, &format!("{}/app/a:stable", p.cache.host())),
+        Some(moved)
+    );
+}
+
+#[test]
+fn a_missing_tag_fails_only_that_image_and_the_report_is_complete() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "ok",
+        &format!("{up}/app/ok:1"),
+        Format::Oci,
+    );
+    let images = [
+        (format!("{up}/app/ok"), "1"),
+        (format!("{up}/app/ok"), "does-not-exist"),
+        (format!("{up}/app/no-such-repo"), "1"),
+    ];
+    let run = ImageSync::new()
+        .config(&config(&p.cache.host(), &images, ""))
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["pulled", "failed", "failed"]);
+    let missing_tag = run.result(1)["error"].as_str().expect("error text");
+    assert!(
+        missing_tag.starts_with("manifest unknown: crane digest"),
+        "{missing_tag}"
+    );
+    assert!(!missing_tag.contains('\n'));
+    let missing_repo = run.result(2)["error"].as_str().expect("error text");
+    assert!(
+        missing_repo.starts_with("name unknown") || missing_repo.starts_with("manifest unknown"),
+        "{missing_repo}"
+    );
+    assert_eq!(run.report()["summary"]["failed"], 2);
+    assert_eq!(run.report()["summary"]["total"], 3);
+    assert_eq!(run.result(1)["image"], format!("{up}/app/ok"));
+    assert_eq!(run.result(1)["tag"], "does-not-exist");
+    // A definite answer is not retried with skopeo.
+    assert!(
+        !run.stderr.contains("retrying the digest check with skopeo"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn skip_on_error_turns_failures_into_exit_zero_but_still_reports_them() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "ok",
+        &format!("{up}/app/ok:1"),
+        Format::Oci,
+    );
+    let images = [
+        (format!("{up}/app/ok"), "1"),
+        (format!("{up}/app/ok"), "missing"),
+    ];
+    let run = ImageSync::new()
+        .config(&config(&p.cache.host(), &images, "  skip_on_error: true\n"))
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled", "failed"]);
+    assert_eq!(run.report()["summary"]["failed"], 1);
+}
+
+#[test]
+fn dry_run_reports_would_pull_and_writes_nothing() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "dry",
+        &format!("{up}/app/dry:1"),
+        Format::Oci,
+    );
+    let yaml = config(&p.cache.host(), &[(format!("{up}/app/dry"), "1")], "");
+    let upstream_before = p.upstream.counts();
+    let run = ImageSync::new().config(&yaml).arg("--dry-run").run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["would_pull"]);
+    assert_eq!(run.report()["dry_run"], true);
+    assert_eq!(run.report()["summary"]["would_pull"], 1);
+    assert_eq!(p.cache.counts().writes, 0, "{}", p.cache.access_log());
+    assert_eq!(
+        image::digest_of(&p.tools, &format!("{}/app/dry:1", p.cache.host())),
+        None
+    );
+    let upstream = p.upstream.counts() - upstream_before;
+    assert_eq!(
+        (
+            upstream.manifest_heads,
+            upstream.manifest_gets,
+            upstream.blob_reads
+        ),
+        (1, 0, 0),
+        "a dry run spends no pull: {upstream:?}"
+    );
+}
+
+#[test]
+fn without_crane_skopeo_does_the_work_and_keeps_digests() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "sk",
+        &format!("{up}/app/multi:1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "sk2",
+        &format!("{up}/app/docker:1"),
+        Format::DockerV2S2,
+    );
+    let yaml = config(
+        &p.cache.host(),
+        &[
+            (format!("{up}/app/multi"), "1"),
+            (format!("{up}/app/docker"), "1"),
+        ],
+        "",
+    );
+    let run_dir = tempfile::tempdir().expect("dir");
+    let only_skopeo = path_with(run_dir.path(), &[&p.tools.skopeo]);
+
+    let first = ImageSync::new()
+        .config(&yaml)
+        .env("PATH", &only_skopeo)
+        .run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled", "pulled"]);
+    assert_eq!(first.result(0)["tool"], "skopeo");
+    assert!(
+        first.stderr.contains("crane is not on PATH") && first.stderr.contains("spend pull quota"),
+        "{}",
+        first.stderr
+    );
+    for name in ["app/multi:1", "app/docker:1"] {
+        let upstream = image::digest_of(&p.tools, &format!("{up}/{name}"));
+        assert!(upstream.is_some());
+        assert_eq!(
+            image::digest_of(&p.tools, &format!("{}/{name}", p.cache.host())),
+            upstream,
+            "{name}"
+        );
+    }
+    let second = ImageSync::new()
+        .config(&yaml)
+        .env("PATH", &only_skopeo)
+        .run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["already_cached", "already_cached"]);
+}
+
+#[test]
+fn credentials_come_from_docker_config_and_never_show() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let (user, password) = ("sync-bot", "pa55-w0rd-secret");
+    let upstream = Registry::start_with_auth(&tools, user, password);
+    let cache = Registry::start(&tools);
+    let up = upstream.host();
+    let seed_auth = tempfile::tempdir().expect("dir");
+    write_docker_config(seed_auth.path(), &up, user, password);
+    let layout = OciLayout::new(Kind::MultiArch, "private", 64);
+    let push = std::process::Command::new(&tools.skopeo)
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--authfile",
+        ])
+        .arg(seed_auth.path().join("config.json"))
+        .arg(format!("oci:{}:latest", layout.path().display()))
+        .arg(format!("docker://{up}/private/app:1"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    let yaml = config(&cache.host(), &[(format!("{up}/private/app"), "1")], "");
+    let good = tempfile::tempdir().expect("dir");
+    write_docker_config(good.path(), &up, user, password);
+    let run = ImageSync::new()
+        .config(&yaml)
+        .env("DOCKER_CONFIG", good.path())
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+
+    // The skopeo path gets the same file through --authfile.
+    let fresh_cache = Registry::start(&tools);
+    let path_dir = tempfile::tempdir().expect("dir");
+    let only_skopeo = path_with(path_dir.path(), &[&tools.skopeo]);
+    let yaml_fresh = config(
+        &fresh_cache.host(),
+        &[(format!("{up}/private/app"), "1")],
+        "",
+    );
+    let via_skopeo = ImageSync::new()
+        .config(&yaml_fresh)
+        .env("DOCKER_CONFIG", good.path())
+        .env("PATH", &only_skopeo)
+        .run();
+    via_skopeo.expect_code(0);
+    assert_eq!(
+        (
+            via_skopeo.actions()[0].as_str(),
+            &via_skopeo.result(0)["tool"]
+        ),
+        ("pulled", &serde_json::json!("skopeo"))
+    );
+
+    let wrong_password = "wr0ng-secret-value";
+    let bad = tempfile::tempdir().expect("dir");
+    write_docker_config(bad.path(), &up, user, wrong_password);
+    let denied = ImageSync::new()
+        .config(&yaml)
+        .env("DOCKER_CONFIG", bad.path())
+        .run();
+    denied.expect_code(1);
+    let error = denied.result(0)["error"].as_str().expect("error");
+    assert!(error.starts_with("unauthorized"), "{error}");
+    for secret in [password, wrong_password] {
+        assert!(
+            !denied.stdout.contains(secret) && !denied.stderr.contains(secret),
+            "{secret} leaked"
+        );
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    let anonymous = ImageSync::new().config(&yaml).run();
+    anonymous.expect_code(1);
+    assert!(
+        anonymous.result(0)["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("unauthorized")
+    );
+}
+
+fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({"auths": {host: {"auth": auth}}});
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec(&config).expect("json"),
+    )
+    .expect("write config.json");
+}
+
+#[test]
+fn a_hung_upstream_times_out_without_blocking_the_rest() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let hung = HungSocket::start();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "one",
+        &format!("{up}/app/one:1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "two",
+        &format!("{up}/app/two:1"),
+        Format::Oci,
+    );
+    let images = [
+        (format!("{}/app/hung", hung.host()), "1"),
+        (format!("{up}/app/one"), "1"),
+        (format!("{up}/app/two"), "1"),
+    ];
+    let mut yaml = format!("cache_registry: \"{}\"\nimages:\n", p.cache.host());
+    for (source, tag) in &images {
+        yaml.push_str(&format!("  - {{source: \"{source}\", tag: \"{tag}\"}}\n"));
+    }
+    yaml.push_str(
+        "settings:\n  concurrency: 2\n  check_timeout_secs: 2\n  pull_timeout_secs: 60\n",
+    );
+    let run = ImageSync::new().config(&yaml).run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed", "pulled", "pulled"]);
+    let error = run.result(0)["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("timed out after 2 s: crane digest"),
+        "{error}"
+    );
+    let hung_ms = run.result(0)["duration_ms"].as_u64().expect("duration");
+    assert!((2_000..10_000).contains(&hung_ms), "{hung_ms}");
+}
+
+#[test]
+fn concurrency_never_exceeds_the_setting() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let mut images = Vec::new();
+    for i in 0..6 {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            &format!("c{i}"),
+            &format!("{up}/app/c{i}:1"),
+            Format::Oci,
+        );
+        images.push((format!("{up}/app/c{i}"), "1"));
+    }
+    // A shim in front of the real crane records when each process starts and ends; it
+    // sleeps first so that processes overlap whenever the scheduler lets them.
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = path_with(dir.path(), &[&p.tools.skopeo]);
+    let log = dir.path().join("spans.log");
+    let shim = format!(
+        "#!/bin/sh\necho start >> '{log}'\nsleep 0.3\n'{crane}' \"$@\"\nstatus=$?\necho end >> '{log}'\nexit $status\n",
+        log = log.display(),
+        crane = p.tools.crane.display()
+    );
+    std::fs::write(bin.join("crane"), shim).expect("shim");
+    std::fs::set_permissions(bin.join("crane"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+
+    let run = ImageSync::new()
+        .config(&config(&p.cache.host(), &images, "  concurrency: 2\n"))
+        .env("PATH", path)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), vec!["pulled"; 6]);
+    let spans = std::fs::read_to_string(&log).expect("spans");
+    let (mut running, mut peak, mut processes) = (0_i32, 0_i32, 0);
+    for line in spans.lines() {
+        if line == "start" {
+            running += 1;
+            processes += 1;
+        } else {
+            running -= 1;
+        }
+        peak = peak.max(running);
+    }
+    // Four crane processes per image: upstream digest, cache digest, copy, verify.
+    assert_eq!(processes, 24, "{spans}");
+    assert_eq!(peak, 2, "peak of parallel crane processes");
+}
+
+#[test]
+fn a_listed_cache_name_on_loopback_is_reached_by_crane_without_weakening_the_upstream() {
+    let Some(p) = pair() else { return };
+    // The machine's own host name resolves to 127.0.0.1 here (/etc/hosts); crane would not
+    // speak plain HTTP to it by itself, so it has to be listed as insecure.
+    let Some(name) = loopback_host_name() else {
+        eprintln!("SKIPPED: no host name resolving to 127.0.0.1 only");
+        return;
+    };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "named",
+        &format!("{up}/app/named:1"),
+        Format::Oci,
+    );
+    let cache = format!("{name}:{}", p.cache.port());
+    let yaml = config(
+        &cache,
+        &[(format!("{up}/app/named"), "1")],
+        &format!("  insecure_registries: [\"{cache}\"]\n"),
+    );
+    let run = ImageSync::new().config(&yaml).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(run.result(0)["tool"], "crane");
+    assert!(run.stderr.contains("treated as insecure"), "{}", run.stderr);
+    let second = ImageSync::new().config(&yaml).run();
+    assert_eq!(second.actions(), ["already_cached"]);
+}
+
+fn loopback_host_name() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()?
+        .trim()
+        .to_owned();
+    let addresses: Vec<_> = (name.as_str(), 80).to_socket_addrs().ok()?.collect();
+    let loopback_only =
+        !addresses.is_empty() && addresses.iter().all(|a| a.ip().to_string() == "127.0.0.1");
+    (loopback_only && !name.contains('.') && name != "localhost").then_some(name)
+}
