@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, conflicts_with = "dry_run")]
     pub check: bool,
 
+    /// Stop starting new images this many seconds after the start (overrides
+    /// `settings.run_deadline_secs`); images not reached are reported as `deferred`.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub deadline: Option<u64>,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

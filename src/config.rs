@@ -42,8 +42,14 @@ pub struct RawImage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
-    /// Images processed at once (default 2).
+    /// Copies at once (default 2).
     pub concurrency: Option<u64>,
+    /// Digest checks at once (default 8).
+    pub check_concurrency: Option<u64>,
+    /// Retries of a transient failure per step (default 2).
+    pub retries: Option<u64>,
+    /// Past this many seconds from the start, no new image starts (default: none).
+    pub run_deadline_secs: Option<u64>,
     /// Bound on each copy, in seconds (default 300).
     pub pull_timeout_secs: Option<u64>,
     /// Bound on each digest check, in seconds (default 30, at most `pull_timeout_secs`).

@@ -20,8 +20,10 @@ pub enum FailureKind {
     Denied,
     /// The registry is rate limiting us (429).
     RateLimited,
-    /// Nothing answers at that address, or the connection broke.
+    /// Nothing answers at that address (connection refused, no such host).
     Unreachable,
+    /// A server error or a broken connection (5xx, reset, EOF, I/O timeout): may pass.
+    Transient,
     /// The registry speaks plain HTTP but was reached with HTTPS.
     PlainHttp,
     /// The TLS certificate could not be verified.
@@ -34,6 +36,8 @@ pub enum FailureKind {
     NoTool,
     /// The cache holds a different digest after the copy.
     DigestDrift,
+    /// Not attempted: the registry's circuit breaker tripped earlier in this run.
+    Skipped,
     /// Anything else.
     Other,
 }
@@ -54,9 +58,21 @@ impl FailureKind {
     }
 
     /// Whether handing the step to the fallback tool can help. Timeouts and interruptions
-    /// have spent the step's budget already; the other tool would hang the same way.
+    /// have spent the step's budget already; the other tool would hang the same way. A
+    /// registry that refuses connections or rate limits us refuses skopeo too.
     pub fn worth_fallback(self) -> bool {
-        !self.is_definite() && !matches!(self, Self::TimedOut | Self::Interrupted | Self::NoTool)
+        matches!(self, Self::Transient | Self::Other)
+    }
+
+    /// Whether the step may be retried after a backoff. Rate limits are not: crane and
+    /// skopeo already retry a 429 themselves, and more attempts only deepen the hole.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Transient | Self::Other | Self::TimedOut)
+    }
+
+    /// Whether this failure means the registry should get no more requests in this run.
+    pub fn trips_breaker(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Unreachable)
     }
 
     /// The short cause that opens the report's `error` line.
@@ -68,12 +84,14 @@ impl FailureKind {
             Self::Denied => "denied",
             Self::RateLimited => "rate limited",
             Self::Unreachable => "unreachable",
+            Self::Transient => "server error or broken connection",
             Self::PlainHttp => "registry speaks plain HTTP",
             Self::Certificate => "TLS certificate not trusted",
             Self::TimedOut => "timed out",
             Self::Interrupted => "interrupted",
             Self::NoTool => "no tool",
             Self::DigestDrift => "digest drift",
+            Self::Skipped => "skipped",
             Self::Other => "failed",
         }
     }
@@ -130,22 +148,42 @@ pub fn classify(message: &str) -> FailureKind {
         FailureKind::ManifestUnknown
     } else if has(&[
         "connection refused",
-        "connection reset",
         "no such host",
         "network is unreachable",
+        "no route to host",
+    ]) {
+        FailureKind::Unreachable
+    } else if has(&[
+        "connection reset",
         "broken pipe",
         "eof",
         "i/o timeout",
         "tls handshake timeout",
         "status code 5",
+        "500 internal server error",
         "502 bad gateway",
         "503 service unavailable",
-        "500 internal server error",
+        "504 gateway timeout",
+        "internal server error",
+        "bad gateway",
+        "service unavailable",
     ]) {
-        FailureKind::Unreachable
+        FailureKind::Transient
     } else {
         FailureKind::Other
     }
+}
+
+/// A `Retry-After` delay in seconds, when the tool's message shows one.
+pub fn retry_after(message: &str) -> Option<std::time::Duration> {
+    let lower = message.to_ascii_lowercase();
+    let start = lower.find("retry-after")? + "retry-after".len();
+    let digits: String = lower[start..]
+        .trim_start_matches(|c: char| c == ':' || c == '=' || c == '"' || c.is_whitespace())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().map(std::time::Duration::from_secs)
 }
 
 /// A failed step: its class and one line that names the cause first, already redacted.
@@ -318,7 +356,15 @@ mod tests {
             ),
             (
                 "GET http://x/v2/a/manifests/b: unexpected status code 502 Bad Gateway",
-                FailureKind::Unreachable,
+                FailureKind::Transient,
+            ),
+            (
+                "Get \"http://x/v2/\": read tcp 127.0.0.1:2->127.0.0.1:1: read: connection reset by peer",
+                FailureKind::Transient,
+            ),
+            (
+                "GET http://x/v2/a/manifests/b: unexpected EOF",
+                FailureKind::Transient,
             ),
             ("something odd", FailureKind::Other),
         ];
@@ -332,9 +378,38 @@ mod tests {
         assert!(!FailureKind::ManifestUnknown.worth_fallback());
         assert!(!FailureKind::Unauthorized.worth_fallback());
         assert!(!FailureKind::TimedOut.worth_fallback());
-        assert!(FailureKind::Unreachable.worth_fallback());
+        assert!(FailureKind::Transient.worth_fallback());
         assert!(FailureKind::Other.worth_fallback());
-        assert!(FailureKind::RateLimited.worth_fallback());
+        assert!(!FailureKind::RateLimited.worth_fallback());
+        assert!(!FailureKind::Unreachable.worth_fallback());
+    }
+
+    #[test]
+    fn retry_after_is_read_when_shown() {
+        assert_eq!(
+            retry_after("429 Too Many Requests; Retry-After: 7"),
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after("retry-after=\"12\""),
+            Some(std::time::Duration::from_secs(12))
+        );
+        assert_eq!(retry_after("no header"), None);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried_and_only_refusals_and_limits_trip_the_breaker() {
+        assert!(FailureKind::Transient.is_retryable() && FailureKind::TimedOut.is_retryable());
+        assert!(
+            !FailureKind::RateLimited.is_retryable()
+                && !FailureKind::ManifestUnknown.is_retryable()
+        );
+        assert!(
+            FailureKind::RateLimited.trips_breaker() && FailureKind::Unreachable.trips_breaker()
+        );
+        assert!(
+            !FailureKind::Transient.trips_breaker() && !FailureKind::Unauthorized.trips_breaker()
+        );
     }
 
     #[test]

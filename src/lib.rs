@@ -4,6 +4,7 @@
 //! [`run`] is the whole program: load and validate the config into a [`plan::Plan`], find
 //! the tools, sync every image, print the [`report::Report`], and return the exit code.
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod decision;
@@ -15,6 +16,8 @@ pub mod process;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod resources;
+pub mod retry;
 pub mod signals;
 pub mod sync;
 pub mod tls;
@@ -55,7 +58,11 @@ pub fn run(cli: &Cli) -> u8 {
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
     let raw = config::load(&cli.config).map_err(|err| format!("invalid config {err}"))?;
-    plan::resolve(raw, &cli.config).map_err(|err| err.to_string())
+    let mut plan = plan::resolve(raw, &cli.config).map_err(|err| err.to_string())?;
+    if let Some(secs) = cli.deadline {
+        plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
+    }
+    Ok(plan)
 }
 
 async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
@@ -74,8 +81,12 @@ async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
         already_cached = report.summary.already_cached,
         would_pull = report.summary.would_pull,
         failed = report.summary.failed,
+        deferred = report.summary.deferred,
         total = report.summary.total,
         processes = process::spawned_count(),
+        peak_rss_kib = resources::peak_rss_kib().unwrap_or(0),
+        open_fds = resources::open_fds().unwrap_or(0),
+        live_children = resources::live_children().unwrap_or(0),
         "run finished"
     );
     signals::interrupted_exit_code()
@@ -127,6 +138,7 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
     tracing::info!(
         images = plan.jobs.len(),
         concurrency = plan.settings.concurrency,
+        check_concurrency = plan.settings.check_concurrency,
         dry_run,
         cache = %plan.cache_registry,
         "starting sync"
@@ -137,13 +149,18 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
 pub fn describe_plan(plan: &Plan) -> String {
     let settings = &plan.settings;
     let mut text = format!(
-        "config {} is valid: {} image(s) into {} (concurrency {}, pull timeout {} s, check timeout {} s, skip_on_error {})",
+        "config {} is valid: {} image(s) into {} (concurrency {}, check concurrency {}, retries {}, pull timeout {} s, check timeout {} s, run deadline {}, skip_on_error {})",
         plan.config_path.display(),
         plan.jobs.len(),
         plan.cache_registry,
         settings.concurrency,
+        settings.check_concurrency,
+        settings.retries,
         settings.pull_timeout.as_secs(),
         settings.check_timeout.as_secs(),
+        settings
+            .run_deadline
+            .map_or_else(|| "none".to_owned(), |d| format!("{} s", d.as_secs())),
         settings.skip_on_error,
     );
     if !settings.insecure_registries.is_empty() {

@@ -18,6 +18,15 @@ pub const DEFAULT_CONCURRENCY: usize = 2;
 pub const DEFAULT_PULL_TIMEOUT_SECS: u64 = 300;
 /// Default bound on one digest check.
 pub const DEFAULT_CHECK_TIMEOUT_SECS: u64 = 30;
+/// Default number of digest checks at once: HEADs cost no quota, so they need not wait
+/// for the copy bound.
+pub const DEFAULT_CHECK_CONCURRENCY: usize = 8;
+/// Upper bound on `check_concurrency`.
+pub const MAX_CHECK_CONCURRENCY: u64 = 256;
+/// Default number of retries of a transient failure, per step.
+pub const DEFAULT_RETRIES: u64 = 2;
+/// Upper bound on `retries`: more only hammers a registry that is struggling.
+pub const MAX_RETRIES: u64 = 10;
 /// Upper bound on `concurrency`: more parallel copies only get us rate limited.
 pub const MAX_CONCURRENCY: u64 = 64;
 /// Upper bound on any timeout (one day): a larger value is a unit mistake.
@@ -56,8 +65,14 @@ pub struct Job {
 /// Resolved `settings`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Images processed at once.
+    /// Copies at once.
     pub concurrency: usize,
+    /// Digest checks at once.
+    pub check_concurrency: usize,
+    /// Retries of a transient failure, per step.
+    pub retries: u32,
+    /// Past this much time from the start no new image starts (`deferred`).
+    pub run_deadline: Option<Duration>,
     /// Bound on one copy.
     pub pull_timeout: Duration,
     /// Bound on one digest check.
@@ -202,34 +217,45 @@ fn resolve_settings(
     problem: &mut impl FnMut(String, String),
 ) -> Option<Settings> {
     let mut ok = true;
-    let mut bounded = |field: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
-        let value = value.unwrap_or(default);
-        if value == 0 || value > max {
-            problem(
-                format!("settings.{field}"),
-                format!("is {value}; it must be between 1 and {max}"),
-            );
-            ok = false;
-        }
-        value
-    };
+    let mut bounded =
+        |field: &str, value: Option<u64>, default: u64, (min, max): (u64, u64)| -> u64 {
+            let value = value.unwrap_or(default);
+            if value < min || value > max {
+                problem(
+                    format!("settings.{field}"),
+                    format!("is {value}; it must be between {min} and {max}"),
+                );
+                ok = false;
+            }
+            value
+        };
     let concurrency = bounded(
         "concurrency",
         raw.concurrency,
         DEFAULT_CONCURRENCY as u64,
-        MAX_CONCURRENCY,
+        (1, MAX_CONCURRENCY),
     );
+    let check_concurrency = bounded(
+        "check_concurrency",
+        raw.check_concurrency,
+        DEFAULT_CHECK_CONCURRENCY as u64,
+        (1, MAX_CHECK_CONCURRENCY),
+    );
+    let retries = bounded("retries", raw.retries, DEFAULT_RETRIES, (0, MAX_RETRIES));
+    let run_deadline = raw
+        .run_deadline_secs
+        .map(|secs| bounded("run_deadline_secs", Some(secs), secs, (1, MAX_TIMEOUT_SECS)));
     let pull = bounded(
         "pull_timeout_secs",
         raw.pull_timeout_secs,
         DEFAULT_PULL_TIMEOUT_SECS,
-        MAX_TIMEOUT_SECS,
+        (1, MAX_TIMEOUT_SECS),
     );
     let check = bounded(
         "check_timeout_secs",
         raw.check_timeout_secs,
         DEFAULT_CHECK_TIMEOUT_SECS.min(pull.max(1)),
-        MAX_TIMEOUT_SECS,
+        (1, MAX_TIMEOUT_SECS),
     );
     if raw.check_timeout_secs.is_some() && check > pull {
         problem(
@@ -257,6 +283,9 @@ fn resolve_settings(
     }
     ok.then(|| Settings {
         concurrency: usize::try_from(concurrency).unwrap_or(DEFAULT_CONCURRENCY),
+        check_concurrency: usize::try_from(check_concurrency).unwrap_or(DEFAULT_CHECK_CONCURRENCY),
+        retries: u32::try_from(retries).unwrap_or(0),
+        run_deadline: run_deadline.map(Duration::from_secs),
         pull_timeout: Duration::from_secs(pull),
         check_timeout: Duration::from_secs(check),
         skip_on_error: raw.skip_on_error.unwrap_or(false),
@@ -347,6 +376,9 @@ mod tests {
         );
         assert_eq!(plan.jobs[0].image, "nginx");
         assert_eq!(plan.settings.concurrency, 2);
+        assert_eq!(plan.settings.check_concurrency, 8);
+        assert_eq!(plan.settings.retries, 2);
+        assert_eq!(plan.settings.run_deadline, None);
         assert_eq!(plan.settings.pull_timeout, Duration::from_secs(300));
         assert_eq!(plan.settings.check_timeout, Duration::from_secs(30));
         assert!(!plan.settings.skip_on_error);

@@ -19,6 +19,21 @@ pub enum Action {
     WouldPull,
     /// See `error`.
     Failed,
+    /// Not done in this run (run deadline or interruption); the next run picks it up.
+    Deferred,
+}
+
+impl Action {
+    /// The name used in the report and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pulled => "pulled",
+            Self::AlreadyCached => "already_cached",
+            Self::WouldPull => "would_pull",
+            Self::Failed => "failed",
+            Self::Deferred => "deferred",
+        }
+    }
 }
 
 /// One line of `results`, in config order.
@@ -40,6 +55,8 @@ pub struct ImageResult {
     pub error: Option<String>,
     /// The tool that did the work (the copy, else the last check), or null.
     pub tool: Option<Tool>,
+    /// Tool attempts of the steps, counting retries: 1 when nothing was retried.
+    pub attempts: u32,
 }
 
 /// Counts by action.
@@ -53,6 +70,8 @@ pub struct Summary {
     pub would_pull: usize,
     /// Images that failed.
     pub failed: usize,
+    /// Images left for the next run (deadline or interruption).
+    pub deferred: usize,
     /// All images.
     pub total: usize,
 }
@@ -85,6 +104,7 @@ impl Report {
                 Action::AlreadyCached => summary.already_cached += 1,
                 Action::WouldPull => summary.would_pull += 1,
                 Action::Failed => summary.failed += 1,
+                Action::Deferred => summary.deferred += 1,
             }
         }
         Self {
@@ -123,6 +143,7 @@ mod tests {
             duration_ms: 1,
             error: None,
             tool: Some(Tool::Crane),
+            attempts: 1,
         }
     }
 
@@ -141,7 +162,7 @@ mod tests {
         let json = serde_json::to_value(&report).expect("serialises");
         assert_eq!(
             json["summary"],
-            serde_json::json!({"pulled": 1, "already_cached": 2, "would_pull": 0, "failed": 1, "total": 4})
+            serde_json::json!({"pulled": 1, "already_cached": 2, "would_pull": 0, "failed": 1, "deferred": 0, "total": 4})
         );
         assert_eq!(json["results"][0]["action"], "pulled");
         assert_eq!(json["results"][2]["action"], "already_cached");

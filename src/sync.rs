@@ -1,20 +1,135 @@
-//! The fan-out: every image of the plan, under a semaphore of `concurrency` jobs, checked
-//! digest-first and copied only when the cache differs. A failed image is data in the
-//! report, never an error that stops the others.
+//! The fan-out: every image of the plan, checked digest-first under `check_concurrency`
+//! and copied under `concurrency`, only when the cache differs. A failed image is data in
+//! the report, never an error that stops the others.
+//!
+//! Around each step: a circuit breaker per registry (a registry that refuses connections
+//! or rate limits us gets no more requests), bounded retries with backoff for transient
+//! failures, and the run deadline (past it, nothing new starts: `deferred`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::breaker::Breakers;
 use crate::decision::{Decision, decide};
-use crate::failure::{Failure, FailureKind};
-use crate::plan::{Job, Plan};
+use crate::failure::{self, Failure, FailureKind};
+use crate::plan::{Job, Plan, Settings};
 use crate::process::Cancel;
+use crate::reference::Digest;
 use crate::registry::{Attempted, Tool, Toolbox};
 use crate::report::{Action, ImageResult};
+use crate::retry;
+
+/// What every image task shares.
+struct Context {
+    toolbox: Arc<Toolbox>,
+    settings: Settings,
+    dry_run: bool,
+    cancel: Cancel,
+    copies: Arc<Semaphore>,
+    breakers: Breakers,
+    deadline: Option<Instant>,
+    cache_host: String,
+}
+
+impl Context {
+    fn past_deadline(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    fn cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Why no new work may start now, if it may not.
+    fn stop_reason(&self) -> Option<String> {
+        if self.cancelled() {
+            Some(format!(
+                "interrupted by {} before this image was copied",
+                signal_name()
+            ))
+        } else if self.past_deadline() {
+            Some(
+                "run deadline reached before this image was copied; the next run picks it up"
+                    .to_owned(),
+            )
+        } else {
+            None
+        }
+    }
+
+    /// Runs one step against `hosts`: refused at once when a host's breaker tripped,
+    /// retried with backoff while the failure is transient, tripping the breaker when the
+    /// registry refuses or rate limits us.
+    async fn step<T, F, Fut>(
+        &self,
+        hosts: &[&str],
+        retry_timeouts: bool,
+        attempts: &mut u32,
+        mut run: F,
+    ) -> Attempted<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempted<T>>,
+    {
+        let mut retry = 0;
+        loop {
+            if let Some(skipped) = self.breakers.check(hosts) {
+                return Attempted {
+                    tool: None,
+                    outcome: Err(skipped),
+                };
+            }
+            let result = run().await;
+            let Err(failure) = &result.outcome else {
+                return result;
+            };
+            if failure.kind.trips_breaker() {
+                for host in self.breakers.trip(hosts, failure) {
+                    let role = if host == self.cache_host {
+                        "cache registry"
+                    } else {
+                        "registry"
+                    };
+                    tracing::error!(registry = %host, cause = %failure, "{role} refuses requests: no more requests go to it in this run");
+                }
+                return result;
+            }
+            let retryable = failure.kind.is_retryable()
+                && (retry_timeouts || failure.kind != FailureKind::TimedOut);
+            if !retryable
+                || retry >= self.settings.retries
+                || self.cancelled()
+                || self.past_deadline()
+            {
+                // A digest check (one small request) that timed out on every attempt means
+                // the registry hangs: spare the other images the same wait.
+                if retryable && retry_timeouts && failure.kind == FailureKind::TimedOut {
+                    self.breakers.trip(hosts, failure);
+                }
+                return result;
+            }
+            let wait = retry::backoff(
+                retry,
+                failure::retry_after(&failure.message),
+                retry::jitter(),
+            );
+            tracing::warn!(cause = %failure, retry = retry + 1, wait_ms = wait.as_millis() as u64, "transient failure; retrying");
+            let mut cancel = self.cancel.clone();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = cancel.wait_for(|cancelled| *cancelled) => return result,
+            }
+            retry += 1;
+            *attempts += 1;
+        }
+    }
+}
 
 /// Syncs every image of the plan; results come back in config order.
 pub async fn sync_all(
@@ -23,36 +138,38 @@ pub async fn sync_all(
     dry_run: bool,
     cancel: &Cancel,
 ) -> Vec<ImageResult> {
-    let semaphore = Arc::new(Semaphore::new(plan.settings.concurrency));
-    let plan_settings = Arc::new(plan.settings.clone());
+    let started = Instant::now();
+    let context = Arc::new(Context {
+        toolbox: Arc::clone(toolbox),
+        settings: plan.settings.clone(),
+        dry_run,
+        cancel: cancel.clone(),
+        copies: Arc::new(Semaphore::new(plan.settings.concurrency)),
+        breakers: Breakers::default(),
+        deadline: plan.settings.run_deadline.map(|limit| started + limit),
+        cache_host: plan.cache_host.clone(),
+    });
+    preflight(plan, &context).await;
+    let checks = Arc::new(Semaphore::new(plan.settings.check_concurrency));
     let mut results: Vec<Option<ImageResult>> = vec![None; plan.jobs.len()];
     let mut tasks = JoinSet::new();
     let mut task_index = HashMap::new();
     let mut watch = cancel.clone();
 
     for job in &plan.jobs {
-        // Take the permit before spawning, so that jobs start in config order and a
-        // cancelled run starts nothing new.
+        // Take the check permit before spawning, so that images start in config order and
+        // a stopped run starts nothing new.
         let permit = tokio::select! {
-            permit = semaphore.clone().acquire_owned() => permit,
+            permit = Arc::clone(&checks).acquire_owned() => permit,
             _ = watch.wait_for(|cancelled| *cancelled) => break,
         };
         let Ok(permit) = permit else { break };
-        if *cancel.borrow() {
+        if context.cancelled() || context.past_deadline() {
             break;
         }
-        let (job, toolbox, settings, cancel) = (
-            job.clone(),
-            Arc::clone(toolbox),
-            Arc::clone(&plan_settings),
-            cancel.clone(),
-        );
+        let (job, context) = (job.clone(), Arc::clone(&context));
         let index = job.index;
-        let handle = tasks.spawn(async move {
-            let result = sync_image(&job, &toolbox, &settings, dry_run, &cancel).await;
-            drop(permit);
-            result
-        });
+        let handle = tasks.spawn(async move { sync_image(&job, &context, permit).await });
         task_index.insert(handle.id(), index);
     }
 
@@ -65,56 +182,90 @@ pub async fn sync_all(
             }
             Err(err) => {
                 if let Some(&index) = task_index.get(&err.id()) {
-                    let job = &plan.jobs[index];
                     let failure = Failure::new(
                         FailureKind::Other,
                         format!("internal error: the task for this image {err}"),
                     );
-                    tracing::error!(image = %job.image, tag = %job.tag, error = %failure, "image task failed");
-                    results[index] = Some(failed(job, None, None, Instant::now(), None, &failure));
+                    results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
                 }
             }
         }
     }
 
+    let not_started = if context.cancelled() {
+        format!("interrupted by {} before this image started", signal_name())
+    } else {
+        "run deadline reached before this image started; the next run picks it up".to_owned()
+    };
     plan.jobs
         .iter()
         .zip(results)
-        .map(|(job, result)| {
-            result.unwrap_or_else(|| {
-                let failure = Failure::new(
-                    FailureKind::Interrupted,
-                    "the run was stopped before this image started",
-                );
-                failed(job, None, None, Instant::now(), None, &failure)
-            })
-        })
+        .map(|(job, result)| result.unwrap_or_else(|| Outcome::new(job).deferred(&not_started)))
         .collect()
+}
+
+/// One digest check of the cache before the fan-out: a cache that is down (refuses, hangs
+/// or rate limits) trips its breaker, so that every image fails at once with that one
+/// cause instead of each spending upstream requests and timeouts first.
+async fn preflight(plan: &Plan, context: &Context) {
+    let Some(first) = plan.jobs.first() else {
+        return;
+    };
+    let probe = context
+        .toolbox
+        .digest(
+            &first.target,
+            &first.tag,
+            context.settings.check_timeout,
+            &context.cancel,
+        )
+        .await;
+    if let Err(failure) = probe.outcome {
+        if failure.kind.trips_breaker() || failure.kind == FailureKind::TimedOut {
+            context.breakers.trip(&[first.target.host()], &failure);
+            tracing::error!(
+                registry = %first.target.host(),
+                cause = %failure,
+                "the cache registry is down: every image fails with this cause"
+            );
+        }
+    }
 }
 
 /// One image: upstream digest, cache digest, decide, copy, verify.
 async fn sync_image(
     job: &Job,
-    toolbox: &Toolbox,
-    settings: &crate::plan::Settings,
-    dry_run: bool,
-    cancel: &Cancel,
+    context: &Context,
+    check_permit: OwnedSemaphorePermit,
 ) -> ImageResult {
-    let started = Instant::now();
-    let check_timeout = settings.check_timeout;
+    let mut outcome = Outcome::new(job);
+    let toolbox = &context.toolbox;
+    let check_timeout = context.settings.check_timeout;
+    let (source_host, cache_host) = (job.source.host(), job.target.host());
+    // A dead cache fails every image; checking it first spares the upstream a request.
+    if let Some(skipped) = context.breakers.check(&[cache_host, source_host]) {
+        return outcome.failed(None, &skipped);
+    }
 
-    let Attempted { tool, outcome } = toolbox
-        .digest(&job.source, &job.tag, check_timeout, cancel)
+    let attempted = context
+        .step(&[source_host], true, &mut outcome.attempts, || {
+            toolbox.digest(&job.source, &job.tag, check_timeout, &context.cancel)
+        })
         .await;
-    let remote = match outcome {
+    outcome.tool = attempted.tool;
+    let remote = match attempted.outcome {
         Ok(digest) => digest,
-        Err(failure) => return failed(job, None, None, started, tool, &failure),
+        Err(failure) => return outcome.failed(attempted.tool, &failure),
     };
+    outcome.remote = Some(remote.clone());
 
-    let Attempted { tool, outcome } = toolbox
-        .digest(&job.target, &job.tag, check_timeout, cancel)
+    let attempted = context
+        .step(&[cache_host], true, &mut outcome.attempts, || {
+            toolbox.digest(&job.target, &job.tag, check_timeout, &context.cancel)
+        })
         .await;
-    let cached = match outcome {
+    outcome.tool = attempted.tool;
+    outcome.cached = match attempted.outcome {
         Ok(digest) => Some(digest),
         Err(failure)
             if matches!(
@@ -124,130 +275,148 @@ async fn sync_image(
         {
             None
         }
-        Err(failure) => return failed(job, Some(&remote), None, started, tool, &failure),
+        Err(failure) => return outcome.failed(attempted.tool, &failure),
     };
-    let remote_digest = Some(remote.to_string());
-    let cached_digest = cached.as_ref().map(ToString::to_string);
+    drop(check_permit);
 
-    let action = match decide(&remote, cached.as_ref(), dry_run) {
-        Decision::AlreadyCached => Action::AlreadyCached,
-        Decision::WouldCopy => Action::WouldPull,
-        Decision::Copy => {
-            let copied = toolbox
-                .copy(
-                    &job.source,
-                    &remote,
-                    &job.target,
-                    &job.tag,
-                    settings.pull_timeout,
-                    cancel,
-                )
-                .await;
-            if let Err(failure) = copied.outcome {
-                return failed(
-                    job,
-                    Some(&remote),
-                    cached_digest,
-                    started,
-                    copied.tool,
-                    &failure,
-                );
-            }
-            let verified = toolbox
-                .digest(&job.target, &job.tag, check_timeout, cancel)
-                .await
-                .outcome;
-            let drift = match verified {
-                Ok(now) if now == remote => None,
-                Ok(now) => Some(Failure::new(
-                    FailureKind::DigestDrift,
-                    format!(
-                        "the cache holds {now} after copying {remote}: the copy converted the format or kept one platform, or the cache rewrote the manifest (Zot needs http.compat: [\"docker2s2\"])"
-                    ),
-                )),
-                Err(failure) => Some(Failure::new(
-                    failure.kind,
-                    format!("cannot verify the copy: {}", failure.message),
-                )),
-            };
-            if let Some(failure) = drift {
-                return failed(
-                    job,
-                    Some(&remote),
-                    cached_digest,
-                    started,
-                    copied.tool,
-                    &failure,
-                );
-            }
-            return finished(
-                job,
-                Action::Pulled,
-                remote_digest,
-                cached_digest,
-                started,
-                copied.tool,
-            );
+    match decide(&remote, outcome.cached.as_ref(), context.dry_run) {
+        Decision::AlreadyCached => outcome.finished(Action::AlreadyCached),
+        Decision::WouldCopy => outcome.finished(Action::WouldPull),
+        Decision::Copy => copy_and_verify(job, context, outcome, &remote).await,
+    }
+}
+
+async fn copy_and_verify(
+    job: &Job,
+    context: &Context,
+    mut outcome: Outcome<'_>,
+    remote: &Digest,
+) -> ImageResult {
+    if let Some(reason) = context.stop_reason() {
+        return outcome.deferred(&reason);
+    }
+    let mut cancel = context.cancel.clone();
+    let permit = tokio::select! {
+        permit = Arc::clone(&context.copies).acquire_owned() => permit,
+        _ = cancel.wait_for(|cancelled| *cancelled) => return outcome.deferred(&context.stop_reason().unwrap_or_default()),
+    };
+    let Ok(_permit) = permit else {
+        return outcome.deferred("the copy queue closed");
+    };
+    if let Some(reason) = context.stop_reason() {
+        return outcome.deferred(&reason);
+    }
+    let toolbox = &context.toolbox;
+    let hosts = [job.source.host(), job.target.host()];
+    let pull_timeout = context.settings.pull_timeout;
+    let copied = context
+        .step(&hosts, false, &mut outcome.attempts, || {
+            toolbox.copy(
+                &job.source,
+                remote,
+                &job.target,
+                &job.tag,
+                pull_timeout,
+                &context.cancel,
+            )
+        })
+        .await;
+    outcome.tool = copied.tool;
+    if let Err(failure) = copied.outcome {
+        return outcome.failed(copied.tool, &failure);
+    }
+    let verified = context
+        .step(&[job.target.host()], true, &mut outcome.attempts, || {
+            toolbox.digest(
+                &job.target,
+                &job.tag,
+                context.settings.check_timeout,
+                &context.cancel,
+            )
+        })
+        .await;
+    let drift = match verified.outcome {
+        Ok(now) if now == *remote => None,
+        Ok(now) => Some(Failure::new(
+            FailureKind::DigestDrift,
+            format!(
+                "the cache holds {now} after copying {remote}: the copy converted the format or kept one platform, or the cache rewrote the manifest (Zot needs http.compat: [\"docker2s2\"])"
+            ),
+        )),
+        Err(failure) => Some(Failure::new(
+            failure.kind,
+            format!("cannot verify the copy: {}", failure.message),
+        )),
+    };
+    match drift {
+        Some(failure) => outcome.failed(copied.tool, &failure),
+        None => outcome.finished(Action::Pulled),
+    }
+}
+
+/// What is known about one image so far; turned into its report line.
+struct Outcome<'a> {
+    job: &'a Job,
+    started: Instant,
+    attempts: u32,
+    remote: Option<Digest>,
+    cached: Option<Digest>,
+    tool: Option<Tool>,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(job: &'a Job) -> Self {
+        Self {
+            job,
+            started: Instant::now(),
+            attempts: 1,
+            remote: None,
+            cached: None,
+            tool: None,
         }
-    };
-    finished(job, action, remote_digest, cached_digest, started, tool)
-}
+    }
 
-fn finished(
-    job: &Job,
-    action: Action,
-    remote_digest: Option<String>,
-    cached_digest: Option<String>,
-    started: Instant,
-    tool: Option<Tool>,
-) -> ImageResult {
-    let action_name = match action {
-        Action::Pulled => "pulled",
-        Action::AlreadyCached => "already_cached",
-        Action::WouldPull => "would_pull",
-        Action::Failed => "failed",
-    };
-    tracing::info!(
-        image = %job.image,
-        tag = %job.tag,
-        action = action_name,
-        digest = remote_digest.as_deref().unwrap_or(""),
-        tool = tool.map_or("", Tool::name),
-        "image done"
-    );
-    ImageResult {
-        image: job.image.clone(),
-        tag: job.tag.to_string(),
-        action,
-        remote_digest,
-        cached_digest,
-        duration_ms: elapsed_ms(started),
-        error: None,
-        tool,
+    fn finished(self, action: Action) -> ImageResult {
+        tracing::info!(
+            image = %self.job.image,
+            tag = %self.job.tag,
+            action = action.as_str(),
+            digest = self.remote.as_ref().map_or("", Digest::as_str),
+            tool = self.tool.map_or("", Tool::name),
+            "image done"
+        );
+        self.into_result(action, None)
+    }
+
+    fn failed(mut self, tool: Option<Tool>, failure: &Failure) -> ImageResult {
+        self.tool = tool.or(self.tool);
+        tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
+        self.into_result(Action::Failed, Some(failure.to_string()))
+    }
+
+    fn deferred(self, reason: &str) -> ImageResult {
+        tracing::warn!(image = %self.job.image, tag = %self.job.tag, action = "deferred", reason, "image deferred");
+        self.into_result(Action::Deferred, Some(format!("deferred: {reason}")))
+    }
+
+    fn into_result(self, action: Action, error: Option<String>) -> ImageResult {
+        ImageResult {
+            image: self.job.image.clone(),
+            tag: self.job.tag.to_string(),
+            action,
+            remote_digest: self.remote.as_ref().map(ToString::to_string),
+            cached_digest: self.cached.as_ref().map(ToString::to_string),
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error,
+            tool: self.tool,
+            attempts: self.attempts,
+        }
     }
 }
 
-fn failed(
-    job: &Job,
-    remote: Option<&crate::reference::Digest>,
-    cached_digest: Option<String>,
-    started: Instant,
-    tool: Option<Tool>,
-    failure: &Failure,
-) -> ImageResult {
-    tracing::error!(image = %job.image, tag = %job.tag, action = "failed", error = %failure, "image failed");
-    ImageResult {
-        image: job.image.clone(),
-        tag: job.tag.to_string(),
-        action: Action::Failed,
-        remote_digest: remote.map(ToString::to_string),
-        cached_digest,
-        duration_ms: elapsed_ms(started),
-        error: Some(failure.to_string()),
-        tool,
+fn signal_name() -> &'static str {
+    match crate::signals::interrupted_exit_code() {
+        Some(crate::exit::INTERRUPTED) => "SIGINT",
+        _ => "SIGTERM",
     }
-}
-
-fn elapsed_ms(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

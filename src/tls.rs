@@ -86,7 +86,9 @@ impl TlsPolicy {
     /// How to copy from `source_host` to `destination_host`.
     pub fn copy_route(&self, source_host: &str, destination_host: &str) -> CopyRoute {
         let tolerant = |host: &str| self.is_listed(host) || crane_speaks_http(host);
-        let needs_insecure = self.is_listed(source_host) || self.is_listed(destination_host);
+        // A listed host crane already speaks plain HTTP to needs no `--insecure`.
+        let needs = |host: &str| self.is_listed(host) && !crane_speaks_http(host);
+        let needs_insecure = needs(source_host) || needs(destination_host);
         if !needs_insecure {
             return CopyRoute::Crane {
                 insecure: false,
@@ -208,6 +210,18 @@ mod tests {
         assert_eq!(
             policy(&["up:5000"]).copy_route("up:5000", "ghcr.io"),
             CopyRoute::Skopeo
+        );
+    }
+
+    #[test]
+    fn a_listed_loopback_cache_needs_no_insecure_switch() {
+        let listed = policy(&["127.0.0.1:5000"]);
+        assert_eq!(
+            listed.copy_route("vm:5001", "127.0.0.1:5000"),
+            CopyRoute::Crane {
+                insecure: false,
+                destination_host: "127.0.0.1:5000".into()
+            }
         );
     }
 

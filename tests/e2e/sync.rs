@@ -117,7 +117,7 @@ fn first_run_copies_with_identical_digests_and_a_second_run_spends_no_pull() {
     let summary = &first.report()["summary"];
     assert_eq!(
         summary,
-        &serde_json::json!({"pulled": 2, "already_cached": 0, "would_pull": 0, "failed": 0, "total": 2})
+        &serde_json::json!({"pulled": 2, "already_cached": 0, "would_pull": 0, "failed": 0, "deferred": 0, "total": 2})
     );
     assert_eq!(first.report()["dry_run"], false);
 
@@ -495,12 +495,15 @@ fn a_hung_upstream_times_out_without_blocking_the_rest() {
         error.starts_with("timed out after 2 s: crane digest"),
         "{error}"
     );
+    // A check that timed out is retried (default `retries: 2`) with backoff, then given up.
+    assert_eq!(run.result(0)["attempts"], 3);
     let hung_ms = run.result(0)["duration_ms"].as_u64().expect("duration");
-    assert!((2_000..10_000).contains(&hung_ms), "{hung_ms}");
+    assert!((6_000..20_000).contains(&hung_ms), "{hung_ms}");
+    assert_eq!(run.result(1)["attempts"], 1);
 }
 
 #[test]
-fn concurrency_never_exceeds_the_setting() {
+fn copies_and_checks_stay_within_their_own_bounds() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
     let mut images = Vec::new();
@@ -514,13 +517,14 @@ fn concurrency_never_exceeds_the_setting() {
         );
         images.push((format!("{up}/app/c{i}"), "1"));
     }
-    // A shim in front of the real crane records when each process starts and ends; it
-    // sleeps first so that processes overlap whenever the scheduler lets them.
+    // A shim in front of the real crane records when each process starts and ends, and
+    // which command it runs; it sleeps first so that processes overlap whenever the
+    // scheduler lets them.
     let dir = tempfile::tempdir().expect("dir");
     let bin = path_with(dir.path(), &[&p.tools.skopeo]);
     let log = dir.path().join("spans.log");
     let shim = format!(
-        "#!/bin/sh\necho start >> '{log}'\nsleep 0.3\n'{crane}' \"$@\"\nstatus=$?\necho end >> '{log}'\nexit $status\n",
+        "#!/bin/sh\necho \"start $1\" >> '{log}'\nsleep 0.3\n'{crane}' \"$@\"\nstatus=$?\necho \"end $1\" >> '{log}'\nexit $status\n",
         log = log.display(),
         crane = p.tools.crane.display()
     );
@@ -529,26 +533,40 @@ fn concurrency_never_exceeds_the_setting() {
         .expect("chmod");
     let path = format!("{}:/usr/bin:/bin", bin.display());
 
+    let settings = "  concurrency: 2\n  check_concurrency: 3\n";
     let run = ImageSync::new()
-        .config(&config(&p.cache.host(), &images, "  concurrency: 2\n"))
+        .config(&config(&p.cache.host(), &images, settings))
         .env("PATH", path)
         .run();
     run.expect_code(0);
     assert_eq!(run.actions(), vec!["pulled"; 6]);
     let spans = std::fs::read_to_string(&log).expect("spans");
-    let (mut running, mut peak, mut processes) = (0_i32, 0_i32, 0);
-    for line in spans.lines() {
-        if line == "start" {
-            running += 1;
-            processes += 1;
-        } else {
-            running -= 1;
+    let peak = |command: &str| {
+        let (mut running, mut peak, mut started) = (0_i32, 0_i32, 0);
+        for line in spans.lines() {
+            match line.split_once(' ') {
+                Some(("start", c)) if c == command => {
+                    running += 1;
+                    started += 1;
+                }
+                Some(("end", c)) if c == command => running -= 1,
+                _ => {}
+            }
+            peak = peak.max(running);
         }
-        peak = peak.max(running);
-    }
-    // Four crane processes per image: upstream digest, cache digest, copy, verify.
-    assert_eq!(processes, 24, "{spans}");
-    assert_eq!(peak, 2, "peak of parallel crane processes");
+        (peak, started)
+    };
+    // Per image: two digest checks, one copy, one verifying digest check; plus one check
+    // of the cache before the fan-out.
+    assert_eq!(peak("copy"), (2, 6), "copies: (peak, count)\n{spans}");
+    let (digest_peak, digests) = peak("digest");
+    assert_eq!(digests, 19, "{spans}");
+    // Checks run under their own bound (3), verifications under the copy bound (2).
+    assert!(
+        (3..=5).contains(&digest_peak),
+        "peak parallel digest checks {digest_peak}\n{spans}"
+    );
+    assert!(run.stderr.contains("processes=25"), "{}", run.stderr);
 }
 
 #[test]
