@@ -3,5 +3,6 @@
 
 mod cli;
 mod config_errors;
+mod reliability;
 mod support;
 mod sync;

@@ -7,25 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::registry::{HungSocket, Registry};
 use crate::support::runner::ImageSync;
-use crate::support::{self, Tools};
-
-/// An upstream and a cache registry, both empty.
-struct Pair {
-    tools: Tools,
-    upstream: Registry,
-    cache: Registry,
-}
-
-fn pair() -> Option<Pair> {
-    let tools = support::tools()?;
-    let upstream = Registry::start(&tools);
-    let cache = Registry::start(&tools);
-    Some(Pair {
-        tools,
-        upstream,
-        cache,
-    })
-}
+use crate::support::{self, pair};
 
 /// A config syncing `images` (source, tag) into `cache`, with extra `settings` lines.
 fn config(cache: &str, images: &[(String, &str)], settings: &str) -> String {

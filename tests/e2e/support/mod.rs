@@ -51,3 +51,22 @@ pub struct Tools {
     pub skopeo: PathBuf,
     pub registry: PathBuf,
 }
+
+/// An upstream and a cache registry, both empty, with the tools.
+pub struct Pair {
+    pub tools: Tools,
+    pub upstream: registry::Registry,
+    pub cache: registry::Registry,
+}
+
+/// Starts a [`Pair`], or `None` (skip) when the tools are missing outside CI.
+pub fn pair() -> Option<Pair> {
+    let tools = tools()?;
+    let upstream = registry::Registry::start(&tools);
+    let cache = registry::Registry::start(&tools);
+    Some(Pair {
+        tools,
+        upstream,
+        cache,
+    })
+}
