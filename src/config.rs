@@ -109,12 +109,17 @@ pub fn parse(bytes: &[u8]) -> Result<RawConfig, String> {
     if text.trim().is_empty() {
         return Err("is empty; it needs `cache_registry` and `images`".to_owned());
     }
+    if let Some(depth) = nesting_beyond(text, MAX_NESTING) {
+        return Err(format!(
+            "nests `[`/`{{` deeper than {MAX_NESTING} levels (at byte {depth}); a config needs a handful"
+        ));
+    }
     serde_yaml_ng::from_str::<RawConfig>(text).map_err(|err| describe_yaml_error(&err, text))
 }
 
 /// serde_yaml_ng's message, made to name the image when the error sits inside one.
 fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
-    let message = err.to_string().replace('\n', " ");
+    let message = shorten_keeping_location(&err.to_string().replace('\n', " "));
     let Some(rest) = message.strip_prefix("images[") else {
         return message;
     };
@@ -130,8 +135,54 @@ fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     }
 }
 
+/// Deeper flow nesting than this is refused before parsing: the YAML parser's time grows
+/// with the square of the depth, and no config needs more than a few levels.
+const MAX_NESTING: usize = 64;
+
+/// The byte offset where unquoted `[`/`{` nesting first exceeds `limit`, if it does.
+fn nesting_beyond(text: &str, limit: usize) -> Option<usize> {
+    let (mut depth, mut quote) = (0_usize, None::<u8>);
+    let mut comment = false;
+    for (offset, byte) in text.bytes().enumerate() {
+        match (quote, byte) {
+            (_, b'\n') => comment = false,
+            _ if comment => {}
+            (Some(open), b) if b == open => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(byte),
+            (None, b'#') => comment = true,
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > limit {
+                    return Some(offset);
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// serde quotes offending values; a hostile 100 kB value must not be echoed whole. Keeps
+/// the head of the message and its `at line N column M` tail.
+fn shorten_keeping_location(message: &str) -> String {
+    const HEAD: usize = 240;
+    if message.chars().count() <= 2 * HEAD {
+        return message.to_owned();
+    }
+    let tail = message.rfind(" at line ").map_or("", |at| &message[at..]);
+    let head: String = message.chars().take(HEAD).collect();
+    format!("{head}...{tail}")
+}
+
 /// The `source` of image `index`, read leniently so that it can name the image in an error.
+/// Skipped when the file has anchors: re-reading aliases into a value tree can expand a
+/// small hostile file into gigabytes (serde_yaml_ng limits alias jumps, not fan-out).
 fn image_source_at(text: &str, index: usize) -> Option<String> {
+    if text.contains('&') {
+        return None;
+    }
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
     let source = value.get("images")?.get(index)?.get("source")?.as_str()?;
     Some(source.chars().take(80).collect())
@@ -211,6 +262,27 @@ settings:
             error_of("cache_registry: c\nimages: []\nsettings:\n  concurrency: -1\n")
                 .contains("concurrency")
         );
+    }
+
+    #[test]
+    fn long_values_are_not_echoed_whole() {
+        let long = "x".repeat(100_000);
+        let message = error_of(&format!(
+            "cache_registry: c\nimages: []\nsettings:\n  concurrency: \"{long}\"\n"
+        ));
+        assert!(message.len() < 600, "{} bytes", message.len());
+        assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!("cache_registry: {}\n", "[".repeat(100));
+        assert!(error_of(&deep).contains("deeper than 64 levels"));
+        assert_eq!(
+            nesting_beyond("a: \"[[[[\"\n# {{{{\nb: [1, [2]]\n", 2),
+            None
+        );
+        assert_eq!(nesting_beyond("b: [[[1]]]", 2), Some(5));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod decision;
 pub mod exit;
 pub mod failure;
@@ -74,6 +75,8 @@ async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
     announce(plan, &toolbox, dry_run);
 
     let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    // Closes pooled connections, so that the descriptors counted below are leaks only.
+    drop(toolbox);
     let report = Report::new(&plan.cache_registry, dry_run, results);
     report.print(&mut std::io::stdout().lock());
     tracing::info!(
@@ -129,7 +132,7 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
     match (toolbox.crane(), toolbox.skopeo()) {
         (Some(_), _) => {}
         (None, Some(_)) => tracing::warn!(
-            "crane is not on PATH: using skopeo, whose digest checks are manifest GETs that spend pull quota (Docker Hub counts each one)"
+            "crane is not on PATH: copies use skopeo, and digest checks image-sync cannot do itself (credential helpers, unusual answers) use skopeo inspect, manifest GETs that spend pull quota (Docker Hub counts each one)"
         ),
         (None, None) => {
             tracing::error!("neither crane nor skopeo is on PATH: every image will fail")

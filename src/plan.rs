@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{RawConfig, RawImage, RawSettings};
-use crate::reference::{self, Repository, Tag};
+use crate::reference::{self, Repository, Tag, shorten};
 
 /// Default number of images processed at once.
 pub const DEFAULT_CONCURRENCY: usize = 2;
@@ -317,18 +317,24 @@ fn resolve_image(
         Some(prefix) => format!("{prefix}/{path}"),
         None => path,
     };
-    Some((source, tag, Repository::new(cache_host, &path)))
-}
-
-/// Values are echoed in messages; a hostile 100 MB string must not be.
-fn shorten(value: &str) -> String {
-    const LIMIT: usize = 80;
-    let escaped: String = value.escape_debug().collect();
-    if escaped.chars().count() <= LIMIT {
-        escaped
-    } else {
-        format!("{}...", escaped.chars().take(LIMIT).collect::<String>())
+    let full_len = cache_host.len() + 1 + path.len();
+    if full_len > reference::MAX_NAME_LEN {
+        let field = if image.cache_as.is_some() {
+            "cache_as"
+        } else {
+            "source"
+        };
+        problem(
+            field,
+            format!(
+                "gives the cache image name `{cache_host}/{}` of {full_len} characters; the limit is {}",
+                shorten(&path),
+                reference::MAX_NAME_LEN
+            ),
+        );
+        return None;
     }
+    Some((source, tag, Repository::new(cache_host, &path)))
 }
 
 #[cfg(test)]

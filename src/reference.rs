@@ -12,7 +12,7 @@ use std::fmt;
 pub const DOCKER_HUB: &str = "docker.io";
 
 /// Longest repository name (`host/path`) the distribution grammar accepts.
-const MAX_NAME_LEN: usize = 255;
+pub const MAX_NAME_LEN: usize = 255;
 
 /// Longest tag the distribution grammar accepts.
 const MAX_TAG_LEN: usize = 128;
@@ -108,7 +108,7 @@ impl Repository {
         };
         validate_host(&host)?;
         if let Some((_, tag)) = rest.rsplit_once(':') {
-            return Err(ReferenceError::TagInSource(tag.to_owned()));
+            return Err(ReferenceError::TagInSource(shorten(tag)));
         }
         validate_path(rest)?;
         let host = if host == "index.docker.io" || host == "registry-1.docker.io" {
@@ -239,7 +239,7 @@ impl fmt::Display for Digest {
 pub fn parse_host(raw: &str) -> Result<String, ReferenceError> {
     check_common(raw)?;
     if raw.contains('/') {
-        return Err(ReferenceError::BadHost(raw.to_owned()));
+        return Err(ReferenceError::BadHost(shorten(raw)));
     }
     let host = raw.to_ascii_lowercase();
     validate_host(&host)?;
@@ -271,6 +271,26 @@ pub fn split_port(host: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A value as it may appear in a message: escaped (no control or bidi characters reach a
+/// terminal or log) and cut to 80 characters (a hostile 100 kB value is not echoed).
+pub fn shorten(value: &str) -> String {
+    const LIMIT: usize = 80;
+    let mut escaped = String::new();
+    for c in value.chars() {
+        if c.is_ascii_graphic() || c == ' ' || (c.is_alphanumeric() && !c.is_ascii()) {
+            escaped.push(c);
+        } else if c.is_ascii() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.extend(c.escape_unicode());
+        }
+        if escaped.chars().count() > LIMIT {
+            return format!("{}...", escaped.chars().take(LIMIT).collect::<String>());
+        }
+    }
+    escaped
+}
+
 fn check_common(raw: &str) -> Result<(), ReferenceError> {
     if raw.is_empty() {
         return Err(ReferenceError::Empty);
@@ -296,8 +316,12 @@ fn looks_like_host(first: &str) -> bool {
 }
 
 fn validate_host(host: &str) -> Result<(), ReferenceError> {
-    let bad = || ReferenceError::BadHost(host.to_owned());
+    let bad = || ReferenceError::BadHost(shorten(host));
     let (name, port) = split_port(host);
+    // Nothing may follow `]` but `:port` (split_port would drop it silently).
+    if name.len() + port.map_or(0, |p| p.len() + 1) != host.len() {
+        return Err(bad());
+    }
     if let Some(port) = port {
         let numeric =
             !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
@@ -330,7 +354,7 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
         if valid_component(component) {
             Ok(())
         } else {
-            Err(ReferenceError::BadComponent(component.to_owned()))
+            Err(ReferenceError::BadComponent(shorten(component)))
         }
     })
 }
@@ -435,6 +459,14 @@ mod tests {
     }
 
     #[test]
+    fn messages_escape_and_cut_hostile_values() {
+        assert_eq!(shorten("a\nb"), "a\\nb");
+        assert_eq!(shorten("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(shorten("caf\u{e9}"), "caf\u{e9}");
+        assert_eq!(shorten(&"a".repeat(1000)).len(), 83);
+    }
+
+    #[test]
     fn tags_follow_the_grammar() {
         for ok in ["latest", "1.27-alpine", "_x", "v2.1.2", &"a".repeat(128)] {
             assert!(Tag::parse(ok).is_ok(), "{ok}");
@@ -479,6 +511,9 @@ mod tests {
         assert!(parse_host("cache/x").is_err());
         assert!(parse_host("http://cache").is_err());
         assert!(parse_host("-cache").is_err());
+        assert!(parse_host("[::1]x0").is_err());
+        assert!(parse_host("[::1]0").is_err());
+        assert_eq!(parse_host("[::1]:5000").as_deref(), Ok("[::1]:5000"));
         assert_eq!(
             parse_path("project-zot/zot").as_deref(),
             Ok("project-zot/zot")

@@ -2,6 +2,7 @@
 //! per-step fallback.
 
 pub mod crane;
+pub mod head;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
@@ -9,15 +10,20 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::credentials::Credentials;
 use crate::failure::{Failure, FailureKind, classify};
 use crate::process::{self, Cancel, CommandSpec, RunError};
 use crate::reference::{Digest, Repository, Tag};
 use crate::tls::{CopyRoute, TlsPolicy};
+use head::{Checked, HeadChecker};
 
 /// The tool that did a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tool {
+    /// image-sync's own HEAD request (no child process).
+    #[serde(rename = "image-sync")]
+    Builtin,
     /// go-containerregistry's crane.
     Crane,
     /// skopeo.
@@ -28,6 +34,7 @@ impl Tool {
     /// The executable's name.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Builtin => "image-sync",
             Self::Crane => "crane",
             Self::Skopeo => "skopeo",
         }
@@ -44,8 +51,8 @@ pub struct Attempted<T> {
 }
 
 /// The tools found on PATH and how to call them.
-#[derive(Debug, Clone)]
 pub struct Toolbox {
+    head: Option<HeadChecker>,
     crane: Option<PathBuf>,
     skopeo: Option<PathBuf>,
     authfile: Option<PathBuf>,
@@ -56,10 +63,12 @@ pub struct Toolbox {
 impl Toolbox {
     /// Finds crane and skopeo on PATH and the credentials file crane would read.
     pub fn discover(tls: TlsPolicy) -> Self {
+        let authfile = docker_config_file();
         Self {
+            head: HeadChecker::new(tls.clone(), Credentials::load(authfile.as_deref())),
             crane: find_on_path("crane"),
             skopeo: find_on_path("skopeo"),
-            authfile: docker_config_file(),
+            authfile,
             tmpdir: std::env::temp_dir(),
             tls,
         }
@@ -80,8 +89,9 @@ impl Toolbox {
         &self.tls
     }
 
-    /// Reads the digest of `repository:tag`: `crane digest` (HEAD), else `skopeo inspect
-    /// --raw` (GET). A missing tag or repository is a definite failure.
+    /// Reads the digest of `repository:tag`: image-sync's own HEAD, else `crane digest`
+    /// (HEAD), else `skopeo inspect --raw` (GET). A missing tag or repository is a
+    /// definite failure.
     pub async fn digest(
         &self,
         repository: &Repository,
@@ -90,6 +100,32 @@ impl Toolbox {
         cancel: &Cancel,
     ) -> Attempted<Digest> {
         let reference = repository.with_tag(tag);
+        if let Some(head) = &self.head {
+            let mut cancel = cancel.clone();
+            let checked = tokio::select! {
+                checked = head.digest(repository, tag, timeout) => checked,
+                _ = cancel.wait_for(|cancelled| *cancelled) => {
+                    Checked::Failed(Failure::new(FailureKind::Interrupted, format!("HEAD {reference}")))
+                }
+            };
+            match checked {
+                Checked::Digest(digest) => {
+                    return Attempted {
+                        tool: Some(Tool::Builtin),
+                        outcome: Ok(digest),
+                    };
+                }
+                Checked::Failed(failure) => {
+                    return Attempted {
+                        tool: Some(Tool::Builtin),
+                        outcome: Err(failure),
+                    };
+                }
+                Checked::Delegate(why) => {
+                    tracing::debug!(reference = %reference, why = %why, "digest check handed to crane")
+                }
+            }
+        }
         let mut last = None;
         if let Some(crane) = &self.crane {
             let args =

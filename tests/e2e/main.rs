@@ -3,6 +3,9 @@
 
 mod cli;
 mod config_errors;
+mod fault_proxy;
+mod hostile_input;
 mod reliability;
 mod support;
 mod sync;
+mod tls_fixture;

@@ -4,6 +4,9 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use crate::support::fault::{Fault, FaultProxy, Rule};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::registry::{HungSocket, Registry};
 use crate::support::runner::ImageSync;
@@ -111,6 +114,9 @@ fn first_run_copies_with_identical_digests_and_a_second_run_spends_no_pull() {
         second.result(0)["cached_digest"],
         second.result(0)["remote_digest"]
     );
+    // Digest checks are image-sync's own HEADs: a no-op run starts no process at all.
+    assert_eq!(second.result(0)["tool"], "image-sync");
+    assert!(second.stderr.contains("processes=0"), "{}", second.stderr);
     let upstream = p.upstream.counts() - upstream_before;
     assert_eq!(
         (
@@ -196,7 +202,7 @@ fn a_missing_tag_fails_only_that_image_and_the_report_is_complete() {
     assert_eq!(run.actions(), ["pulled", "failed", "failed"]);
     let missing_tag = run.result(1)["error"].as_str().expect("error text");
     assert!(
-        missing_tag.starts_with("manifest unknown: crane digest"),
+        missing_tag.starts_with("manifest unknown: HEAD http://"),
         "{missing_tag}"
     );
     assert!(!missing_tag.contains('\n'));
@@ -474,7 +480,7 @@ fn a_hung_upstream_times_out_without_blocking_the_rest() {
     assert_eq!(run.actions(), ["failed", "pulled", "pulled"]);
     let error = run.result(0)["error"].as_str().expect("error");
     assert!(
-        error.starts_with("timed out after 2 s: crane digest"),
+        error.starts_with("timed out after 2 s: HEAD http://"),
         "{error}"
     );
     // A check that timed out is retried (default `retries: 2`) with backoff, then given up.
@@ -488,6 +494,10 @@ fn a_hung_upstream_times_out_without_blocking_the_rest() {
 fn copies_and_checks_stay_within_their_own_bounds() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
+    // Checks of the upstream go through a proxy that holds every manifest HEAD for 300 ms,
+    // so that checks overlap whenever the bound lets them.
+    let proxy = FaultProxy::start(up.clone())
+        .rule(Rule::new("HEAD", "/manifests/").respond(Fault::delay_ms(300)));
     let mut images = Vec::new();
     for i in 0..6 {
         image::push_new(
@@ -497,11 +507,10 @@ fn copies_and_checks_stay_within_their_own_bounds() {
             &format!("{up}/app/c{i}:1"),
             Format::Oci,
         );
-        images.push((format!("{up}/app/c{i}"), "1"));
+        images.push((format!("{}/app/c{i}", proxy.host()), "1"));
     }
-    // A shim in front of the real crane records when each process starts and ends, and
-    // which command it runs; it sleeps first so that processes overlap whenever the
-    // scheduler lets them.
+    // A shim in front of the real crane records when each copy starts and ends; it sleeps
+    // first so that copies overlap whenever the bound lets them.
     let dir = tempfile::tempdir().expect("dir");
     let bin = path_with(dir.path(), &[&p.tools.skopeo]);
     let log = dir.path().join("spans.log");
@@ -522,33 +531,52 @@ fn copies_and_checks_stay_within_their_own_bounds() {
         .run();
     run.expect_code(0);
     assert_eq!(run.actions(), vec!["pulled"; 6]);
+
     let spans = std::fs::read_to_string(&log).expect("spans");
-    let peak = |command: &str| {
-        let (mut running, mut peak, mut started) = (0_i32, 0_i32, 0);
-        for line in spans.lines() {
-            match line.split_once(' ') {
-                Some(("start", c)) if c == command => {
-                    running += 1;
-                    started += 1;
-                }
-                Some(("end", c)) if c == command => running -= 1,
-                _ => {}
+    let (mut running, mut copy_peak, mut copies) = (0_i32, 0_i32, 0);
+    for line in spans.lines() {
+        match line {
+            "start copy" => {
+                running += 1;
+                copies += 1;
             }
-            peak = peak.max(running);
+            "end copy" => running -= 1,
+            other => panic!("only copies spawn crane, saw {other:?}"),
         }
-        (peak, started)
-    };
-    // Per image: two digest checks, one copy, one verifying digest check; plus one check
-    // of the cache before the fan-out.
-    assert_eq!(peak("copy"), (2, 6), "copies: (peak, count)\n{spans}");
-    let (digest_peak, digests) = peak("digest");
-    assert_eq!(digests, 19, "{spans}");
-    // Checks run under their own bound (3), verifications under the copy bound (2).
-    assert!(
-        (3..=5).contains(&digest_peak),
-        "peak parallel digest checks {digest_peak}\n{spans}"
+        copy_peak = copy_peak.max(running);
+    }
+    assert_eq!(
+        (copy_peak, copies),
+        (2, 6),
+        "copies: (peak, count)\n{spans}"
     );
-    assert!(run.stderr.contains("processes=25"), "{}", run.stderr);
+
+    let heads: Vec<(Duration, Duration)> = proxy
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.method == "HEAD" && seen.path.contains("/manifests/"))
+        .map(|seen| (seen.at, seen.at + seen.duration.expect("finished")))
+        .collect();
+    assert_eq!(heads.len(), 6, "one upstream HEAD per image");
+    let check_peak = heads
+        .iter()
+        .map(|&(start, _)| {
+            heads
+                .iter()
+                .filter(|&&(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        check_peak, 3,
+        "upstream checks run under their own bound, above the copy bound"
+    );
+    assert!(
+        run.stderr.contains("processes=6"),
+        "one process per copy, none per check: {}",
+        run.stderr
+    );
 }
 
 #[test]

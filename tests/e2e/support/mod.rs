@@ -1,9 +1,11 @@
 //! Test fixtures: real registries, real tools, OCI images made here, and a builder that
 //! runs the real `image-sync` binary.
 
+pub mod fault;
 pub mod image;
 pub mod registry;
 pub mod runner;
+pub mod tls_registry;
 
 use std::path::PathBuf;
 

@@ -45,39 +45,8 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
             dir.path().join("data").display()
         );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("access.log")).expect("access log");
-        let child = Command::new(&tools.registry)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Self { child, port, dir };
-        registry.wait_ready();
-        registry
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut head = [0_u8; 12];
-                if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "registry on port {} did not start; log:\n{}",
-            self.port,
-            self.access_log()
-        );
+        let child = serve(tools, dir.path(), &config, port);
+        Self { child, port, dir }
     }
 
     /// `127.0.0.1:PORT`.
@@ -97,45 +66,54 @@ impl Registry {
 
     /// Access-log request lines (`"METHOD /v2/... HTTP/1.1" STATUS`) as (method, path, status).
     pub fn requests(&self) -> Vec<(String, String, u16)> {
-        self.access_log()
-            .lines()
-            .filter_map(|line| {
-                let quoted = line.split('"').nth(1)?;
-                let mut parts = quoted.split(' ');
-                let (method, path) = (parts.next()?, parts.next()?);
-                let status = line
-                    .split('"')
-                    .nth(2)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()?;
-                path.starts_with("/v2/")
-                    .then(|| (method.to_owned(), path.to_owned(), status))
-            })
-            .collect()
+        parse_access_log(&self.access_log())
     }
 
     /// Request counts by kind: (manifest HEADs, manifest GETs, blob requests, writes).
     pub fn counts(&self) -> Counts {
-        let mut counts = Counts::default();
-        for (method, path, _) in self.requests() {
-            match (
-                method.as_str(),
-                path.contains("/manifests/"),
-                path.contains("/blobs/"),
-            ) {
-                ("HEAD", true, _) => counts.manifest_heads += 1,
-                ("GET", true, _) => counts.manifest_gets += 1,
-                (_, _, true) if matches!(method.as_str(), "GET" | "HEAD") => counts.blob_reads += 1,
-                _ => {}
-            }
-            if matches!(method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE") {
-                counts.writes += 1;
-            }
-        }
-        counts
+        count_requests(&self.requests())
     }
+}
+
+/// The `/v2/` request lines of a Distribution access log as (method, path, status).
+pub fn parse_access_log(log: &str) -> Vec<(String, String, u16)> {
+    log.lines()
+        .filter_map(|line| {
+            let quoted = line.split('"').nth(1)?;
+            let mut parts = quoted.split(' ');
+            let (method, path) = (parts.next()?, parts.next()?);
+            let status = line
+                .split('"')
+                .nth(2)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            path.starts_with("/v2/")
+                .then(|| (method.to_owned(), path.to_owned(), status))
+        })
+        .collect()
+}
+
+/// Counts requests (as [`parse_access_log`] returns them) by kind.
+pub fn count_requests(requests: &[(String, String, u16)]) -> Counts {
+    let mut counts = Counts::default();
+    for (method, path, _) in requests {
+        match (
+            method.as_str(),
+            path.contains("/manifests/"),
+            path.contains("/blobs/"),
+        ) {
+            ("HEAD", true, _) => counts.manifest_heads += 1,
+            ("GET", true, _) => counts.manifest_gets += 1,
+            (_, _, true) if matches!(method.as_str(), "GET" | "HEAD") => counts.blob_reads += 1,
+            _ => {}
+        }
+        if matches!(method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE") {
+            counts.writes += 1;
+        }
+    }
+    counts
 }
 
 /// Requests seen in an access log, by kind.
@@ -164,6 +142,41 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `docker-registry serve` with `config` in `dir` (its log in `dir/access.log`) and
+/// waits until `port` answers HTTP (a plain request to a TLS port gets a 400, enough to
+/// know it listens).
+pub fn serve(tools: &Tools, dir: &std::path::Path, config: &str, port: u16) -> Child {
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config).expect("write registry config");
+    let log_path = dir.join("access.log");
+    let log = std::fs::File::create(&log_path).expect("access log");
+    let mut child = Command::new(&tools.registry)
+        .arg("serve")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+            let mut head = [0_u8; 12];
+            if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+                return child;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "registry on port {port} did not start; log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
 }
 
 /// A port nothing listens on right now.

@@ -112,7 +112,18 @@ impl ImageSync {
         outcome(output)
     }
 
-    /// The command, for tests that need to signal the running process.
+    /// Starts the binary with piped output, for tests that signal the running process;
+    /// finish with `runner::outcome(child.wait_with_output()?)`.
+    pub fn spawn(&self) -> std::process::Child {
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn image-sync")
+    }
+
+    /// The command.
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_image-sync"));
         command.args(&self.args).current_dir(self.dir.path());
