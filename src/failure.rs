@@ -230,7 +230,7 @@ impl fmt::Display for Failure {
 }
 
 /// At most this many characters of evidence go into a report line.
-const MAX_DETAIL_CHARS: usize = 400;
+const MAX_DETAIL_CHARS: usize = 600;
 
 fn one_line(text: &str) -> String {
     let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -442,7 +442,7 @@ mod tests {
             "manifest unknown: crane digest: GET x: MANIFEST_UNKNOWN"
         );
         let long = Failure::new(FailureKind::Other, "x".repeat(5_000));
-        assert!(long.message.len() < 450);
+        assert!(long.message.len() < 650);
         let slow = Failure::timed_out(std::time::Duration::from_secs(300), "crane copy a b");
         assert_eq!(slow.to_string(), "timed out after 300 s: crane copy a b");
     }

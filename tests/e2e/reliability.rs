@@ -11,6 +11,7 @@ use crate::support::fault::{Fault, FaultProxy, Rule};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::registry::{HungSocket, Registry, free_port};
 use crate::support::runner::{ImageSync, outcome};
+use crate::support::tls_registry::TlsRegistry;
 use crate::support::{self, Tools, pair};
 
 fn yaml(cache: &str, images: &[String], settings: &str) -> String {
@@ -354,4 +355,264 @@ fn put_manifest(port: u16, repo: &str, tag: &str, manifest: &[u8]) {
         response.starts_with("HTTP/1.0 201") || response.starts_with("HTTP/1.1 201"),
         "{response}"
     );
+}
+
+#[test]
+fn a_rate_limited_upstream_gets_one_request_and_its_other_images_are_skipped() {
+    let Some(p) = pair() else { return };
+    let proxy = FaultProxy::start(p.upstream.host()).rule(
+        Rule::new("HEAD", "/manifests/")
+            .respond(Fault::too_many_requests().header("Retry-After", "60")),
+    );
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "other",
+        &format!("{}/app/other:t3", p.upstream.host()),
+        Format::Oci,
+    );
+    let images = vec![
+        format!("{}/app/a", proxy.host()),
+        format!("{}/app/b", proxy.host()),
+        format!("{}/app/c", proxy.host()),
+        format!("{}/app/other", p.upstream.host()),
+    ];
+    let run = ImageSync::new()
+        .config(&yaml(&p.cache.host(), &images, "  check_concurrency: 1\n"))
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed", "failed", "failed", "pulled"]);
+    let first = run.result(0)["error"].as_str().expect("error");
+    assert!(first.starts_with("rate limited: HEAD http://"), "{first}");
+    assert_eq!(
+        run.result(0)["attempts"],
+        1,
+        "a 429 is not retried by image-sync"
+    );
+    for i in 1..3 {
+        let error = run.result(i)["error"].as_str().expect("error");
+        assert!(
+            error.starts_with(&format!("skipped: {} rate limited;", proxy.host())),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        proxy.count("*", "/v2/"),
+        1,
+        "one request reached the rate-limited registry: {:?}",
+        proxy.requests()
+    );
+}
+
+#[test]
+fn a_transient_server_error_is_retried_after_retry_after() {
+    let Some(p) = pair() else { return };
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "flaky",
+        &format!("{}/app/flaky:t0", p.upstream.host()),
+        Format::Oci,
+    );
+    let proxy = FaultProxy::start(p.upstream.host()).rule(
+        Rule::new("HEAD", "/manifests/").attempts(1..=1).respond(
+            Fault::registry_error(503, "UNAVAILABLE", "maintenance").header("Retry-After", "2"),
+        ),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[format!("{}/app/flaky", proxy.host())],
+            "",
+        ))
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(run.result(0)["attempts"], 2);
+    let heads: Vec<Duration> = proxy
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.method == "HEAD" && seen.path.contains("/manifests/"))
+        .map(|seen| seen.at)
+        .collect();
+    assert_eq!(heads.len(), 2, "one failed HEAD, one retry");
+    assert!(
+        heads[1] - heads[0] >= Duration::from_secs(2),
+        "Retry-After honoured: {:?}",
+        heads[1] - heads[0]
+    );
+    assert!(
+        run.stderr.contains("transient failure; retrying"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_reset_connection_is_handed_to_crane_and_the_image_still_syncs() {
+    let Some(p) = pair() else { return };
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "reset",
+        &format!("{}/app/reset:t0", p.upstream.host()),
+        Format::Oci,
+    );
+    let proxy = FaultProxy::start(p.upstream.host()).rule(
+        Rule::new("HEAD", "/manifests/")
+            .attempts(1..=1)
+            .respond(Fault::Reset),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[format!("{}/app/reset", proxy.host())],
+            "",
+        ))
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert!(
+        proxy.count("HEAD", "/manifests/") >= 2,
+        "crane asked again after the reset"
+    );
+}
+
+#[test]
+fn a_cache_that_rewrites_the_manifest_fails_the_image_with_digest_drift() {
+    let Some(p) = pair() else { return };
+    image::push_new(
+        &p.tools,
+        Kind::MultiArch,
+        "drift",
+        &format!("{}/app/drift:t0", p.upstream.host()),
+        Format::Oci,
+    );
+    let rewritten = format!("sha256:{}", "d".repeat(64));
+    let cache_proxy = FaultProxy::start(p.cache.host())
+        .rule(Rule::new("HEAD", "/manifests/").respond(Fault::rewrite_digest(&rewritten)));
+    let images = vec![format!("{}/app/drift", p.upstream.host())];
+    let run = ImageSync::new()
+        .config(&yaml(&cache_proxy.host(), &images, ""))
+        .run();
+    run.expect_code(1);
+    let error = run.result(0)["error"].as_str().expect("error");
+    assert!(
+        error.starts_with(&format!(
+            "digest drift: the cache holds {rewritten} after copying sha256:"
+        )),
+        "{error}"
+    );
+    assert!(error.contains("docker2s2"), "{error}");
+}
+
+#[test]
+fn marking_the_cache_insecure_never_weakens_tls_towards_the_upstream() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let Some(tls) = TlsRegistry::start(&tools) else {
+        return;
+    };
+    let source = format!("{}/team/secure", tls.host());
+    // Seed over verified TLS.
+    let layout = OciLayout::new(Kind::MultiArch, "tls-insecure-cache", 64);
+    let seeded = std::process::Command::new(&tools.skopeo)
+        .args(["copy", "--all", "--preserve-digests", "--dest-cert-dir"])
+        .arg(tls.cert_dir())
+        .arg(format!("oci:{}:latest", layout.path().display()))
+        .arg(format!("docker://{source}:t0"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    // The cache is listed insecure, by its loopback address and by this machine's name
+    // (a fresh cache each time, so that both runs copy).
+    let caches = [Registry::start(&tools), Registry::start(&tools)];
+    let named_cache = format!("{}:{}", tls.name(), caches[1].port());
+    for cache_host in [caches[0].host(), named_cache] {
+        let config = yaml(
+            &cache_host,
+            &[source.clone()],
+            &format!("  insecure_registries: [\"{cache_host}\"]\n"),
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let only_skopeo = dir.path().join("bin");
+        std::fs::create_dir_all(&only_skopeo).expect("bin");
+        std::os::unix::fs::symlink(&tools.skopeo, only_skopeo.join("skopeo")).expect("link");
+        for path in [
+            std::env::var_os("PATH").unwrap_or_default(),
+            only_skopeo.into_os_string(),
+        ] {
+            let untrusted = ImageSync::new()
+                .config(&config)
+                .env("PATH", &path)
+                .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+                .env("SSL_CERT_DIR", "/nonexistent")
+                .run();
+            untrusted.expect_code(1);
+            let error = untrusted.result(0)["error"].as_str().expect("error");
+            assert!(
+                error.starts_with("TLS certificate not trusted"),
+                "cache {cache_host}, PATH {path:?}: {error}"
+            );
+            assert!(
+                !untrusted.stderr.contains(&format!("http://{}", tls.host())),
+                "no plain HTTP to the upstream"
+            );
+        }
+        let trusted = ImageSync::new()
+            .config(&config)
+            .env("SSL_CERT_FILE", tls.ca_cert_path())
+            .run();
+        trusted.expect_code(0);
+        assert_eq!(
+            trusted.actions(),
+            ["pulled"],
+            "cache {cache_host}: {}",
+            trusted.stderr
+        );
+    }
+}
+
+#[test]
+fn credentials_a_registry_echoes_never_reach_the_report_or_logs() {
+    let Some(p) = pair() else { return };
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "echo",
+        &format!("{}/app/echo:t0", p.upstream.host()),
+        Format::Oci,
+    );
+    let (password, token) = ("hunter2-pa55", "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.sig");
+    let echo = format!(
+        "invalid credentials for https://sync-bot:{password}@registry.example/v2/ with Authorization: Bearer {token} (token={token})"
+    );
+    let proxy = FaultProxy::start(p.upstream.host()).rule(
+        Rule::new("GET", "/manifests/").respond(Fault::registry_error(401, "UNAUTHORIZED", &echo)),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[format!("{}/app/echo", proxy.host())],
+            "",
+        ))
+        .run();
+    run.expect_code(1);
+    let error = run.result(0)["error"].as_str().expect("error");
+    assert!(error.starts_with("unauthorized: crane copy"), "{error}");
+    assert!(
+        error.contains("https://***@registry.example"),
+        "the echo was seen and redacted: {error}"
+    );
+    for secret in [password, token, "c2VjcmV0"] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
 }
