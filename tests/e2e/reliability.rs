@@ -536,7 +536,7 @@ fn marking_the_cache_insecure_never_weakens_tls_towards_the_upstream() {
     for cache_host in [caches[0].host(), named_cache] {
         let config = yaml(
             &cache_host,
-            &[source.clone()],
+            std::slice::from_ref(&source),
             &format!("  insecure_registries: [\"{cache_host}\"]\n"),
         );
         let dir = tempfile::tempdir().expect("dir");
