@@ -622,3 +622,87 @@ fn loopback_host_name() -> Option<String> {
         !addresses.is_empty() && addresses.iter().all(|a| a.ip().to_string() == "127.0.0.1");
     (loopback_only && !name.contains('.') && name != "localhost").then_some(name)
 }
+
+#[test]
+fn a_bearer_challenge_is_answered_with_a_token_scoped_to_the_repository() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "token",
+        &format!("{up}/team/app:1"),
+        Format::Oci,
+    );
+    // A token endpoint that records what it is asked, and a proxy whose first manifest
+    // HEAD answers with a bearer challenge pointing at it (later ones pass through).
+    let token_server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let realm = format!("http://{}/token", token_server.local_addr().expect("addr"));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in token_server.incoming().flatten().take(4) {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+            recorder.lock().expect("lock").push(head);
+            let body = r#"{"token": "t0ken-for-test"}"#;
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let challenge = format!(
+        "Bearer realm=\"{realm}\",service=\"test-registry\",scope=\"repository:team/app:pull\""
+    );
+    let proxy = FaultProxy::start(up.clone()).rule(
+        Rule::new("HEAD", "/manifests/")
+            .attempts(1..=1)
+            .respond(Fault::status(401).header("WWW-Authenticate", &challenge)),
+    );
+    let auth_dir = tempfile::tempdir().expect("dir");
+    write_docker_config(auth_dir.path(), &proxy.host(), "bot", "token-secret");
+
+    let run = ImageSync::new()
+        .config(&config(
+            &p.cache.host(),
+            &[(format!("{}/team/app", proxy.host()), "1")],
+            "",
+        ))
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    let asked = asked.lock().expect("lock").clone();
+    assert!(!asked.is_empty(), "the token endpoint was asked");
+    let request = asked[0].to_ascii_lowercase();
+    assert!(request.starts_with("get /token?"), "{request}");
+    assert!(
+        request.contains("scope=repository%3ateam%2fapp%3apull"),
+        "{request}"
+    );
+    assert!(request.contains("service=test-registry"), "{request}");
+    assert!(
+        request.contains("user-agent: image-sync/"),
+        "image-sync itself, not crane, asked: {request}"
+    );
+    assert_eq!(
+        asked.len(),
+        1,
+        "one token for the check; the copy by crane needs none (the proxy lets it through)"
+    );
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode("bot:token-secret")
+        .to_ascii_lowercase();
+    assert!(
+        request.contains(&format!("authorization: basic {basic}")),
+        "credentials go to the token endpoint: {request}"
+    );
+    assert_eq!(run.result(0)["attempts"], 1, "a challenge is not a failure");
+    assert!(!run.stderr.contains("token-secret") && !run.stderr.contains("t0ken-for-test"));
+}
