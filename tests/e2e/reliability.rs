@@ -231,7 +231,7 @@ fn a_copy_killed_mid_transfer_leaves_the_old_digest_and_the_next_run_completes_i
         killed.stderr
     );
     assert!(
-        crane_processes_naming(&p.cache.host()).is_empty(),
+        processes_naming(&["crane", &p.cache.host()]).is_empty(),
         "the copy's process group is gone"
     );
     assert_eq!(
@@ -253,8 +253,8 @@ fn signal(pid: u32, signal: Signal) {
     nix::sys::signal::kill(pid, signal).expect("signal");
 }
 
-/// Pids of crane processes whose command line names `text`.
-fn crane_processes_naming(text: &str) -> Vec<String> {
+/// Pids of processes whose command line holds every one of `terms`.
+fn processes_naming(terms: &[&str]) -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -262,7 +262,9 @@ fn crane_processes_naming(text: &str) -> Vec<String> {
         .filter_map(|entry| {
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("crane") && cmdline.contains(text))
+            terms
+                .iter()
+                .all(|term| cmdline.contains(term))
                 .then(|| entry.file_name().to_string_lossy().into_owned())
         })
         .collect()
@@ -615,4 +617,59 @@ fn credentials_a_registry_echoes_never_reach_the_report_or_logs() {
             "{secret} leaked"
         );
     }
+}
+
+#[test]
+fn a_second_signal_kills_the_children_and_exits_at_once() {
+    let Some(p) = pair() else { return };
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "stubborn",
+        &format!("{}/app/stubborn:t0", p.upstream.host()),
+        Format::Oci,
+    );
+    // A copy that ignores SIGTERM (a wedged child): the first signal's graceful stop has to
+    // wait for its grace period, the second must not.
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let cache = p.cache.host();
+    std::fs::write(bin.join("crane"), "#!/bin/sh\ntrap '' TERM\nsleep 30\n").expect("shim");
+    std::fs::set_permissions(
+        bin.join("crane"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[format!("{}/app/stubborn", p.upstream.host())],
+            "",
+        ))
+        .env("PATH", path);
+    let child = run.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_naming(&["crane", &cache]).is_empty() {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    signal(child.id(), Signal::SIGTERM);
+    let result = outcome(child.wait_with_output().expect("wait"));
+    assert!(
+        second.elapsed() < Duration::from_millis(1_500),
+        "exited at once: {:?}",
+        second.elapsed()
+    );
+    result.expect_code(143);
+    assert!(result.stderr.contains("second signal"), "{}", result.stderr);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        processes_naming(&["crane", &cache]).is_empty(),
+        "the wedged child's group was killed"
+    );
 }
