@@ -43,20 +43,6 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// A definite answer: retrying it, or asking the other tool, cannot change it.
-    pub fn is_definite(self) -> bool {
-        matches!(
-            self,
-            Self::ManifestUnknown
-                | Self::NameUnknown
-                | Self::Unauthorized
-                | Self::Denied
-                | Self::PlainHttp
-                | Self::Certificate
-                | Self::DigestDrift
-        )
-    }
-
     /// Whether handing the step to the fallback tool can help. Timeouts and interruptions
     /// have spent the step's budget already; the other tool would hang the same way. A
     /// registry that refuses connections or rate limits us refuses skopeo too.
