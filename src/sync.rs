@@ -247,25 +247,26 @@ async fn sync_image(
         return outcome.failed(None, &skipped);
     }
 
-    let attempted = context
-        .step(&[source_host], true, &mut outcome.attempts, || {
+    // Both digests at once: they are independent reads, and the image's check then costs
+    // the slower of the two round trips, not their sum.
+    let (mut upstream_retries, mut cache_retries) = (0, 0);
+    let (source_hosts, cache_hosts) = ([source_host], [cache_host]);
+    let (upstream, cache) = tokio::join!(
+        context.step(&source_hosts, true, &mut upstream_retries, || {
             toolbox.digest(&job.source, &job.tag, check_timeout, &context.cancel)
-        })
-        .await;
-    outcome.tool = attempted.tool;
-    let remote = match attempted.outcome {
+        }),
+        context.step(&cache_hosts, true, &mut cache_retries, || {
+            toolbox.digest(&job.target, &job.tag, check_timeout, &context.cancel)
+        }),
+    );
+    outcome.attempts += upstream_retries + cache_retries;
+    let remote = match upstream.outcome {
         Ok(digest) => digest,
-        Err(failure) => return outcome.failed(attempted.tool, &failure),
+        Err(failure) => return outcome.failed(upstream.tool, &failure),
     };
     outcome.remote = Some(remote.clone());
-
-    let attempted = context
-        .step(&[cache_host], true, &mut outcome.attempts, || {
-            toolbox.digest(&job.target, &job.tag, check_timeout, &context.cancel)
-        })
-        .await;
-    outcome.tool = attempted.tool;
-    outcome.cached = match attempted.outcome {
+    outcome.tool = cache.tool;
+    outcome.cached = match cache.outcome {
         Ok(digest) => Some(digest),
         Err(failure)
             if matches!(
@@ -275,7 +276,7 @@ async fn sync_image(
         {
             None
         }
-        Err(failure) => return outcome.failed(attempted.tool, &failure),
+        Err(failure) => return outcome.failed(cache.tool, &failure),
     };
     drop(check_permit);
 

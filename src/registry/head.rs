@@ -26,6 +26,9 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// Bound on an attempt with a scheme that may be the wrong one, while another remains.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The answer of one check.
 #[derive(Debug)]
 pub enum Checked {
@@ -37,33 +40,61 @@ pub enum Checked {
     Delegate(String),
 }
 
+/// How a registry is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// HTTPS, certificate verified.
+    Https,
+    /// HTTPS without certificate checks: only for hosts the user listed as insecure.
+    HttpsUnverified,
+    /// Plain HTTP: hosts crane speaks plain HTTP to by itself, and listed hosts.
+    Http,
+}
+
+/// One attempt with one scheme.
+enum Attempt {
+    /// The registry answered (or clearly did not): final.
+    Answer(Checked),
+    /// The scheme looks wrong (a TLS or protocol error, or an HTTPS server asked in plain
+    /// HTTP): the next scheme may work.
+    WrongScheme(Checked),
+}
+
 /// The client shared by every check of a run.
 pub struct HeadChecker {
     client: reqwest::Client,
+    /// For hosts listed in `insecure_registries` only, as crane's `--insecure`.
+    unverified_client: reqwest::Client,
     credentials: Credentials,
     tls: TlsPolicy,
     /// Bearer tokens by (registry host, repository path).
     tokens: Mutex<HashMap<(String, String), String>>,
+    /// The scheme that answered, by registry host.
+    schemes: Mutex<HashMap<String, Scheme>>,
 }
 
 impl HeadChecker {
     /// A checker; `None` when no HTTP client can be built (crane does every check then).
     pub fn new(tls: TlsPolicy, credentials: Credentials) -> Option<Self> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("image-sync/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .ok()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("image-sync/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::limited(5))
+        };
         Some(Self {
-            client,
+            client: builder().build().ok()?,
+            unverified_client: builder().danger_accept_invalid_certs(true).build().ok()?,
             credentials,
             tls,
             tokens: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
         })
     }
 
     /// Reads the digest of `repository:tag` with one HEAD (plus a token request the first
-    /// time a repository needs one).
+    /// time a repository needs one). The scheme follows crane: HTTPS, with plain HTTP as
+    /// well for the hosts crane speaks it to and those listed as insecure; the one that
+    /// answers is remembered per host.
     pub async fn digest(&self, repository: &Repository, tag: &Tag, timeout: Duration) -> Checked {
         let host = repository.host();
         let credentials = match self.credentials.lookup(host) {
@@ -75,15 +106,81 @@ impl HeadChecker {
             Lookup::Anonymous => None,
             Lookup::Basic(basic) => Some(basic),
         };
-        let plain_http = crane_speaks_http(host) || self.tls.is_listed(host);
+        let candidates = self.schemes_for(host);
+        let count = candidates.len();
+        let mut outcome = Checked::Delegate(format!("no scheme reached {host}"));
+        for (index, scheme) in candidates.into_iter().enumerate() {
+            // While another scheme remains, a server that hangs on this one (a plain-HTTP
+            // server waiting out a TLS hello) gets a short bound, then the next scheme.
+            let probing = index + 1 < count;
+            let limit = if probing {
+                timeout.min(PROBE_TIMEOUT)
+            } else {
+                timeout
+            };
+            match self
+                .head(scheme, repository, tag, credentials.as_ref(), limit)
+                .await
+            {
+                Attempt::Answer(Checked::Failed(failure))
+                    if probing && failure.kind == FailureKind::TimedOut =>
+                {
+                    outcome = Checked::Failed(failure);
+                }
+                Attempt::Answer(checked) => {
+                    if let Ok(mut schemes) = self.schemes.lock() {
+                        schemes.insert(host.to_owned(), scheme);
+                    }
+                    return checked;
+                }
+                Attempt::WrongScheme(checked) => outcome = checked,
+            }
+        }
+        outcome
+    }
+
+    /// The schemes to try for a host, in order.
+    fn schemes_for(&self, host: &str) -> Vec<Scheme> {
+        if let Some(&known) = self
+            .schemes
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|schemes| schemes.get(host))
+        {
+            return vec![known];
+        }
+        match (self.tls.is_listed(host), crane_speaks_http(host)) {
+            // A listed host is usually the plain-HTTP cache; crane's --insecure also allows
+            // HTTPS without verification there.
+            (true, _) => vec![Scheme::Http, Scheme::HttpsUnverified],
+            (false, true) => vec![Scheme::Https, Scheme::Http],
+            (false, false) => vec![Scheme::Https],
+        }
+    }
+
+    /// One HEAD (with the authentication round it may need) over one scheme.
+    async fn head(
+        &self,
+        scheme: Scheme,
+        repository: &Repository,
+        tag: &Tag,
+        credentials: Option<&Basic>,
+        timeout: Duration,
+    ) -> Attempt {
+        let host = repository.host();
         let api_host = if host == DOCKER_HUB {
             "registry-1.docker.io"
         } else {
             host
         };
+        let (client, prefix) = match scheme {
+            Scheme::Https => (&self.client, "https"),
+            Scheme::HttpsUnverified => (&self.unverified_client, "https"),
+            Scheme::Http => (&self.client, "http"),
+        };
         let url = format!(
-            "{}://{api_host}/v2/{}/manifests/{tag}",
-            if plain_http { "http" } else { "https" },
+            "{prefix}://{api_host}/v2/{}/manifests/{tag}",
             repository.path()
         );
         let what = format!("HEAD {url}");
@@ -91,8 +188,7 @@ impl HeadChecker {
         let mut auth = self.cached_token(&token_key).map(Auth::Bearer);
 
         for _ in 0..2 {
-            let mut request = self
-                .client
+            let mut request = client
                 .head(&url)
                 .header(ACCEPT, MANIFEST_TYPES)
                 .timeout(timeout);
@@ -108,6 +204,13 @@ impl HeadChecker {
                 Err(err) => return transport_failure(&err, &what, timeout),
             };
             let status = response.status();
+            // Go's HTTPS server answers a plain-HTTP request with a bare 400.
+            if scheme == Scheme::Http && status == StatusCode::BAD_REQUEST {
+                return Attempt::WrongScheme(Checked::Delegate(format!(
+                    "{what}: 400 (an HTTPS server?)"
+                )));
+            }
+            let answer = |checked| Attempt::Answer(checked);
             match status {
                 StatusCode::OK => {
                     let digest = response
@@ -115,20 +218,23 @@ impl HeadChecker {
                         .get("docker-content-digest")
                         .and_then(|value| value.to_str().ok())
                         .and_then(Digest::parse);
-                    return match digest {
+                    return answer(match digest {
                         Some(digest) => Checked::Digest(digest),
                         None => {
                             Checked::Delegate(format!("{what}: no Docker-Content-Digest header"))
                         }
-                    };
+                    });
                 }
                 StatusCode::UNAUTHORIZED if auth.is_none() => {
                     let challenge = parse_challenge(response.headers());
                     auth = match challenge {
                         Some(Challenge::Bearer { realm, service, .. }) => {
                             let scope = format!("repository:{}:pull", repository.path());
-                            let secure_realm = realm.starts_with("https://") || plain_http;
-                            let basic = credentials.as_ref().filter(|_| secure_realm);
+                            // Credentials travel in clear text only where the user
+                            // already talks plain HTTP to the registry.
+                            let secure_realm =
+                                realm.starts_with("https://") || scheme == Scheme::Http;
+                            let basic = credentials.filter(|_| secure_realm);
                             match self
                                 .fetch_token(&realm, service.as_deref(), &scope, basic, timeout)
                                 .await
@@ -137,33 +243,33 @@ impl HeadChecker {
                                     self.store_token(&token_key, &token);
                                     Some(Auth::Bearer(token))
                                 }
-                                Err(checked) => return checked,
+                                Err(checked) => return answer(checked),
                             }
                         }
-                        Some(Challenge::Basic) => match &credentials {
+                        Some(Challenge::Basic) => match credentials {
                             Some(basic) => Some(Auth::Basic(basic.clone())),
                             None => {
-                                return Checked::Failed(status_failure(
+                                return answer(Checked::Failed(status_failure(
                                     status,
                                     response.headers(),
                                     &what,
-                                ));
+                                )));
                             }
                         },
                         None => {
-                            return Checked::Delegate(format!(
+                            return answer(Checked::Delegate(format!(
                                 "{what}: 401 without a usable challenge"
-                            ));
+                            )));
                         }
                     };
                 }
-                _ => return status_answer(status, response.headers(), &what),
+                _ => return answer(status_answer(status, response.headers(), &what)),
             }
         }
-        Checked::Failed(Failure::new(
+        Attempt::Answer(Checked::Failed(Failure::new(
             FailureKind::Unauthorized,
             format!("{what}: 401 Unauthorized after authenticating"),
-        ))
+        )))
     }
 
     async fn fetch_token(
@@ -183,10 +289,13 @@ impl HeadChecker {
             request = request.basic_auth(&basic.username, Some(&basic.password));
         }
         let what = format!("GET {realm} (token)");
-        let response = request
-            .send()
-            .await
-            .map_err(|err| transport_failure(&err, &what, timeout))?;
+        let response =
+            request
+                .send()
+                .await
+                .map_err(|err| match transport_failure(&err, &what, timeout) {
+                    Attempt::Answer(checked) | Attempt::WrongScheme(checked) => checked,
+                })?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(status_answer(status, response.headers(), &what));
@@ -303,10 +412,11 @@ fn status_failure(status: StatusCode, headers: &HeaderMap, what: &str) -> Failur
 }
 
 /// Connection-level errors: refusals and timeouts are answers; anything else (TLS, a
-/// protocol surprise) goes to crane, whose message is the reference.
-fn transport_failure(err: &reqwest::Error, what: &str, timeout: Duration) -> Checked {
+/// protocol surprise) may mean the other scheme, and otherwise goes to crane, whose
+/// message is the reference.
+fn transport_failure(err: &reqwest::Error, what: &str, timeout: Duration) -> Attempt {
     if err.is_timeout() {
-        return Checked::Failed(Failure::timed_out(timeout, what));
+        return Attempt::Answer(Checked::Failed(Failure::timed_out(timeout, what)));
     }
     let mut chain = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(err);
@@ -322,12 +432,15 @@ fn transport_failure(err: &reqwest::Error, what: &str, timeout: Duration) -> Che
         } else {
             "connection refused"
         };
-        return Checked::Failed(Failure::new(
+        return Attempt::Answer(Checked::Failed(Failure::new(
             FailureKind::Unreachable,
             format!("{what}: {cause}"),
-        ));
+        )));
     }
-    Checked::Delegate(format!("{what}: {}", crate::failure::redact(&chain)))
+    Attempt::WrongScheme(Checked::Delegate(format!(
+        "{what}: {}",
+        crate::failure::redact(&chain)
+    )))
 }
 
 #[cfg(test)]

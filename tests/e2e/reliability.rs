@@ -100,7 +100,7 @@ fn a_refusing_upstream_gets_no_more_requests_and_other_registries_go_on() {
     assert_eq!(run.actions(), ["failed", "failed", "failed", "pulled"]);
     let first = run.result(0)["error"].as_str().expect("error");
     assert!(
-        first.starts_with("unreachable: HEAD http://") && first.contains("connection refused"),
+        first.starts_with("unreachable: HEAD https://") && first.contains("connection refused"),
         "{first}"
     );
     assert_eq!(run.result(0)["attempts"], 1, "a refusal is not retried");
