@@ -64,13 +64,14 @@ impl Context {
     }
 
     /// Runs one step against `hosts`: refused at once when a host's breaker tripped,
-    /// retried with backoff while the failure is transient, tripping the breaker when the
-    /// registry refuses or rate limits us.
+    /// retried with backoff while the failure is transient (each retry adds one to
+    /// `retries`), tripping the breaker when the registry refuses or rate limits us, or
+    /// when a digest check timed out on every attempt.
     async fn step<T, F, Fut>(
         &self,
         hosts: &[&str],
         retry_timeouts: bool,
-        attempts: &mut u32,
+        retries: &mut u32,
         mut run: F,
     ) -> Attempted<T>
     where
@@ -126,7 +127,7 @@ impl Context {
                 _ = cancel.wait_for(|cancelled| *cancelled) => return result,
             }
             retry += 1;
-            *attempts += 1;
+            *retries += 1;
         }
     }
 }
