@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peer tools bench/run compares image-sync with, idempotently:
-# crane (go install, pinned), skopeo and docker-registry (Debian apt), GNU time, and
+# crane (go install, pinned), skopeo and docker-registry (Debian apt), GNU time, openssl
+# (the upstream's throwaway certificates), and
 # regclient's regsync (go install from the Go module proxy, pinned). A tool already at
 # the pinned version is left alone. regsync is optional for bench/run: if the module
 # proxy does not serve it, this script says so and exits 0.
@@ -21,6 +22,7 @@ missing=()
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 [ -x /usr/bin/time ] || missing+=(time)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-peers: apt-get install ${missing[*]}"
     sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
