@@ -584,8 +584,13 @@ fn a_listed_cache_name_on_loopback_is_reached_by_crane_without_weakening_the_ups
     let Some(p) = pair() else { return };
     // The machine's own host name resolves to 127.0.0.1 here (/etc/hosts); crane would not
     // speak plain HTTP to it by itself, so it has to be listed as insecure.
-    let Some(name) = loopback_host_name() else {
-        eprintln!("SKIPPED: no host name resolving to 127.0.0.1 only");
+    let Some(name) = crate::support::tls_registry::tls_host_name() else {
+        let message = "no host name resolving to 127.0.0.1 only (see /etc/hosts)";
+        assert!(
+            std::env::var_os(support::REQUIRE_TOOLS_VAR).is_none(),
+            "{message}"
+        );
+        eprintln!("SKIPPED: {message}");
         return;
     };
     let up = p.upstream.host();
@@ -609,18 +614,6 @@ fn a_listed_cache_name_on_loopback_is_reached_by_crane_without_weakening_the_ups
     assert!(run.stderr.contains("treated as insecure"), "{}", run.stderr);
     let second = ImageSync::new().config(&yaml).run();
     assert_eq!(second.actions(), ["already_cached"]);
-}
-
-fn loopback_host_name() -> Option<String> {
-    use std::net::ToSocketAddrs;
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()?
-        .trim()
-        .to_owned();
-    let addresses: Vec<_> = (name.as_str(), 80).to_socket_addrs().ok()?.collect();
-    let loopback_only =
-        !addresses.is_empty() && addresses.iter().all(|a| a.ip().to_string() == "127.0.0.1");
-    (loopback_only && !name.contains('.') && name != "localhost").then_some(name)
 }
 
 #[test]
