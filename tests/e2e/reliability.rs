@@ -517,19 +517,11 @@ fn marking_the_cache_insecure_never_weakens_tls_towards_the_upstream() {
         return;
     };
     let source = format!("{}/team/secure", tls.host());
-    // Seed over verified TLS.
-    let layout = OciLayout::new(Kind::MultiArch, "tls-insecure-cache", 64);
-    let seeded = std::process::Command::new(&tools.skopeo)
-        .args(["copy", "--all", "--preserve-digests", "--dest-cert-dir"])
-        .arg(tls.cert_dir())
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .arg(format!("docker://{source}:t0"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
+    tls.push_trusted(
+        &tools,
+        Kind::MultiArch,
+        "tls-insecure-cache",
+        &format!("{source}:t0"),
     );
     // The cache is listed insecure, by its loopback address and by this machine's name
     // (a fresh cache each time, so that both runs copy).
@@ -542,9 +534,7 @@ fn marking_the_cache_insecure_never_weakens_tls_towards_the_upstream() {
             &format!("  insecure_registries: [\"{cache_host}\"]\n"),
         );
         let dir = tempfile::tempdir().expect("dir");
-        let only_skopeo = dir.path().join("bin");
-        std::fs::create_dir_all(&only_skopeo).expect("bin");
-        std::os::unix::fs::symlink(&tools.skopeo, only_skopeo.join("skopeo")).expect("link");
+        let only_skopeo = support::bin_with(dir.path(), &[&tools.skopeo]);
         for path in [
             std::env::var_os("PATH").unwrap_or_default(),
             only_skopeo.into_os_string(),
@@ -632,15 +622,9 @@ fn a_second_signal_kills_the_children_and_exits_at_once() {
     // A copy that ignores SIGTERM (a wedged child): the first signal's graceful stop has to
     // wait for its grace period, the second must not.
     let dir = tempfile::tempdir().expect("dir");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
+    let bin = support::bin_with(dir.path(), &[]);
     let cache = p.cache.host();
-    std::fs::write(bin.join("crane"), "#!/bin/sh\ntrap '' TERM\nsleep 30\n").expect("shim");
-    std::fs::set_permissions(
-        bin.join("crane"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    support::write_script(&bin.join("crane"), "#!/bin/sh\ntrap '' TERM\nsleep 30\n");
     let path = format!("{}:/usr/bin:/bin", bin.display());
     let run = ImageSync::new()
         .config(&yaml(

@@ -1,8 +1,7 @@
 //! The sync path end to end: digest-first checks, copies that keep digests, failures that
 //! stay per image, the skopeo fallback, credentials, timeouts and concurrency.
 
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::Duration;
 
@@ -21,16 +20,6 @@ fn config(cache: &str, images: &[(String, &str)], settings: &str) -> String {
     yaml.push_str("settings:\n  check_timeout_secs: 20\n  pull_timeout_secs: 60\n");
     yaml.push_str(settings);
     yaml
-}
-
-/// A PATH holding only links to the named tools (plus a shim dir first, when given).
-fn path_with(dir: &Path, tools: &[&Path]) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    for tool in tools {
-        symlink(tool, bin.join(tool.file_name().expect("file name"))).expect("symlink");
-    }
-    bin
 }
 
 #[test]
@@ -308,7 +297,7 @@ fn without_crane_skopeo_does_the_work_and_keeps_digests() {
         "",
     );
     let run_dir = tempfile::tempdir().expect("dir");
-    let only_skopeo = path_with(run_dir.path(), &[&p.tools.skopeo]);
+    let only_skopeo = support::bin_with(run_dir.path(), &[&p.tools.skopeo]);
 
     let first = ImageSync::new()
         .config(&yaml)
@@ -383,7 +372,7 @@ fn credentials_come_from_docker_config_and_never_show() {
     // The skopeo path gets the same file through --authfile.
     let fresh_cache = Registry::start(&tools);
     let path_dir = tempfile::tempdir().expect("dir");
-    let only_skopeo = path_with(path_dir.path(), &[&tools.skopeo]);
+    let only_skopeo = support::bin_with(path_dir.path(), &[&tools.skopeo]);
     let yaml_fresh = config(
         &fresh_cache.host(),
         &[(format!("{up}/private/app"), "1")],
@@ -512,16 +501,14 @@ fn copies_and_checks_stay_within_their_own_bounds() {
     // A shim in front of the real crane records when each copy starts and ends; it sleeps
     // first so that copies overlap whenever the bound lets them.
     let dir = tempfile::tempdir().expect("dir");
-    let bin = path_with(dir.path(), &[&p.tools.skopeo]);
+    let bin = support::bin_with(dir.path(), &[&p.tools.skopeo]);
     let log = dir.path().join("spans.log");
     let shim = format!(
         "#!/bin/sh\necho \"start $1\" >> '{log}'\nsleep 0.3\n'{crane}' \"$@\"\nstatus=$?\necho \"end $1\" >> '{log}'\nexit $status\n",
         log = log.display(),
         crane = p.tools.crane.display()
     );
-    std::fs::write(bin.join("crane"), shim).expect("shim");
-    std::fs::set_permissions(bin.join("crane"), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    support::write_script(&bin.join("crane"), &shim);
     let path = format!("{}:/usr/bin:/bin", bin.display());
 
     let settings = "  concurrency: 2\n  check_concurrency: 3\n";
@@ -711,18 +698,11 @@ fn an_https_registry_on_loopback_is_checked_over_https_by_image_sync_itself() {
     let cache = crate::support::registry::Registry::start(&tools);
     // Seed over verified TLS, then name the registry by 127.0.0.1 (in its certificate): a
     // host crane would also try plain HTTP for, so the check must find HTTPS by itself.
-    let layout = OciLayout::new(Kind::Single, "loopback-tls", 64);
-    let seeded = std::process::Command::new(&tools.skopeo)
-        .args(["copy", "--preserve-digests", "--dest-cert-dir"])
-        .arg(tls.cert_dir())
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .arg(format!("docker://{}/team/app:1", tls.host()))
-        .output()
-        .expect("skopeo");
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
+    tls.push_trusted(
+        &tools,
+        Kind::Single,
+        "loopback-tls",
+        &format!("{}/team/app:1", tls.host()),
     );
     let source = format!("127.0.0.1:{}/team/app", tls.port());
     let run = ImageSync::new()

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use crate::support::image::{self, Format, Kind, OciLayout};
+use crate::support::image::{self, Format, Kind};
 use crate::support::registry::Registry;
 use crate::support::runner::ImageSync;
 use crate::support::tls_registry::TlsRegistry;
@@ -23,25 +23,6 @@ fn crane_digest(tools: &Tools, reference: &str, ca: Option<&std::path::Path>) ->
     command.output().expect("run crane")
 }
 
-/// Pushes a new image to the TLS registry with skopeo, trusting the test CA through
-/// `--dest-cert-dir`; returns its digest as the push computed it.
-fn push_trusted(tools: &Tools, tls: &TlsRegistry, seed: &str, reference: &str) {
-    let layout = OciLayout::new(Kind::MultiArch, seed, 64);
-    let output = Command::new(&tools.skopeo)
-        .args(["copy", "--all", "--preserve-digests", "--dest-cert-dir"])
-        .arg(tls.cert_dir())
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .arg(format!("docker://{reference}"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skopeo");
-    assert!(
-        output.status.success(),
-        "skopeo push over verified TLS: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn crane_trusts_the_tls_registry_only_with_the_test_ca() {
     let Some(tools) = tools() else { return };
@@ -50,7 +31,7 @@ fn crane_trusts_the_tls_registry_only_with_the_test_ca() {
     };
     assert_eq!(tls.host(), format!("{}:{}", tls.name(), tls.port()));
     let reference = format!("{}/demo/secure:1.0", tls.host());
-    push_trusted(&tools, &tls, "tls-fixture", &reference);
+    tls.push_trusted(&tools, Kind::MultiArch, "tls-fixture", &reference);
 
     let trusted = crane_digest(&tools, &reference, Some(&tls.ca_cert_path()));
     assert!(
@@ -101,7 +82,12 @@ fn image_sync_copies_from_a_tls_upstream_it_trusts_and_names_one_it_does_not() {
     };
     let cache = Registry::start(&tools);
     let source = format!("{}/team/secure", tls.host());
-    push_trusted(&tools, &tls, "tls-image-sync", &format!("{source}:1.0"));
+    tls.push_trusted(
+        &tools,
+        Kind::MultiArch,
+        "tls-image-sync",
+        &format!("{source}:1.0"),
+    );
     let upstream_digest = crane_digest(&tools, &format!("{source}:1.0"), Some(&tls.ca_cert_path()));
     let upstream_digest = String::from_utf8_lossy(&upstream_digest.stdout)
         .trim()

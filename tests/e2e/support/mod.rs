@@ -7,7 +7,7 @@ pub mod registry;
 pub mod runner;
 pub mod tls_registry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Set by CI: a missing tool fails the test instead of skipping it, so that a green run
 /// always means the real tools ran.
@@ -71,4 +71,22 @@ pub fn pair() -> Option<Pair> {
         upstream,
         cache,
     })
+}
+
+/// A `bin` directory under `dir` holding links to `tools`, for a PATH that offers only them.
+pub fn bin_with(dir: &Path, tools: &[&Path]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    for tool in tools {
+        std::os::unix::fs::symlink(tool, bin.join(tool.file_name().expect("file name")))
+            .expect("symlink");
+    }
+    bin
+}
+
+/// Writes an executable script (a shim in front of, or instead of, a tool).
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }

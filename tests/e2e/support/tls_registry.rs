@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use super::Tools;
+use super::image::{Kind, OciLayout};
 use super::registry::{Counts, count_requests, free_port, parse_access_log, serve};
 
 /// A running HTTPS registry.
@@ -87,6 +88,25 @@ impl TlsRegistry {
     /// (and containers' `certs.d/<host>` layout).
     pub fn cert_dir(&self) -> PathBuf {
         self.dir.path().join("certs.d")
+    }
+
+    /// Makes an image from `seed` and pushes it to `reference` (on this registry) with
+    /// skopeo, verifying TLS against the test CA.
+    pub fn push_trusted(&self, tools: &Tools, kind: Kind, seed: &str, reference: &str) {
+        let layout = OciLayout::new(kind, seed, 64);
+        let output = std::process::Command::new(&tools.skopeo)
+            .args(["copy", "--all", "--preserve-digests", "--dest-cert-dir"])
+            .arg(self.cert_dir())
+            .arg(format!("oci:{}:latest", layout.path().display()))
+            .arg(format!("docker://{reference}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run skopeo");
+        assert!(
+            output.status.success(),
+            "skopeo push over verified TLS: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Everything the registry logged (access log lines included).
