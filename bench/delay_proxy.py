@@ -30,6 +30,14 @@ CHUNK = 256 * 1024
 MAX_HEAD = 64 * 1024
 
 
+def close_write(writer):
+    """Half-closes the stream (the peer sees end of data); already closed is fine."""
+    try:
+        writer.write_eof()
+    except (OSError, RuntimeError):
+        pass
+
+
 async def pipe(reader, writer):
     try:
         while True:
@@ -41,10 +49,7 @@ async def pipe(reader, writer):
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        try:
-            writer.write_eof()
-        except (OSError, RuntimeError):
-            pass
+        close_write(writer)
 
 
 async def forward_requests(reader, writer, rtt):
@@ -100,10 +105,7 @@ async def forward_requests(reader, writer, rtt):
     except ConnectionError:
         pass
     finally:
-        try:
-            writer.write_eof()
-        except (OSError, RuntimeError):
-            pass
+        close_write(writer)
 
 
 def make_handler(target_port, rtt, counters, log_connections, connect_rtts):
