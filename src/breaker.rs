@@ -1,10 +1,12 @@
 //! Circuit breakers, one per registry host: once a registry refuses connections or rate
 //! limits us, it gets no new request in this run, and its remaining images fail at once.
+//! The host comes from the failure's own `host` (the registry the failing request went
+//! to), never from host names that appear in its message.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::failure::{Failure, FailureKind};
+use crate::registry::{Class, Failure};
 
 /// The breakers of one run.
 #[derive(Debug, Default)]
@@ -13,30 +15,16 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    /// Trips the breaker of every host in `hosts` that `failure` names (all of them when it
-    /// names none, as the failure came from talking to them). Returns the hosts newly tripped.
-    pub fn trip(&self, hosts: &[&str], failure: &Failure) -> Vec<String> {
-        let named: Vec<&str> = hosts
-            .iter()
-            .copied()
-            .filter(|host| failure.message.contains(host))
-            .collect();
-        let targets = if named.is_empty() {
-            hosts.to_vec()
-        } else {
-            named
-        };
-        let Ok(mut tripped) = self.tripped.lock() else {
-            return Vec::new();
-        };
-        let mut newly = Vec::new();
-        for host in targets {
-            if !tripped.contains_key(host) {
-                tripped.insert(host.to_owned(), failure.clone());
-                newly.push(host.to_owned());
-            }
+    /// Trips the breaker of the registry `failure` came from. Returns that host when this
+    /// tripped it; `None` when it was tripped already or the failure names no registry.
+    pub fn trip(&self, failure: &Failure) -> Option<String> {
+        let host = failure.host.as_deref()?;
+        let mut tripped = self.tripped.lock().ok()?;
+        if tripped.contains_key(host) {
+            return None;
         }
-        newly
+        tripped.insert(host.to_owned(), failure.clone());
+        Some(host.to_owned())
     }
 
     /// A `skipped` failure when any of `hosts` is tripped.
@@ -44,18 +32,22 @@ impl Breakers {
         let tripped = self.tripped.lock().ok()?;
         hosts.iter().find_map(|host| {
             let cause = tripped.get(*host)?;
-            let state = match cause.kind {
-                FailureKind::RateLimited => "rate limited",
-                FailureKind::TimedOut => "not answering",
+            let state = match cause.class {
+                Class::RateLimited => "rate limited",
+                Class::TimedOut => "not answering",
                 _ => "unreachable",
             };
-            Some(Failure::new(
-                FailureKind::Skipped,
+            let skipped = Failure::new(
+                Class::Skipped,
                 format!(
                     "{host} {state}; no more requests go to it in this run (first failure: {})",
                     cause.message
                 ),
-            ))
+            );
+            Some(match cause.side {
+                Some(side) => skipped.on(side, Some(host)),
+                None => skipped,
+            })
         })
     }
 }
@@ -63,26 +55,23 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Side;
 
     #[test]
-    fn a_tripped_host_skips_later_steps_and_others_are_untouched() {
+    fn the_failing_registry_is_tripped_whatever_the_message_names() {
         let breakers = Breakers::default();
         assert!(breakers.check(&["up:5000"]).is_none());
+        // The message names both ends; only the failure's host counts.
         let refused = Failure::new(
-            FailureKind::Unreachable,
-            "crane digest cache:5000/a:b: dial tcp cache:5000: connection refused",
-        );
-        assert_eq!(
-            breakers.trip(&["up:5000", "cache:5000"], &refused),
-            ["cache:5000"]
-        );
-        assert!(
-            breakers.trip(&["cache:5000"], &refused).is_empty(),
-            "trips once"
-        );
+            Class::Unreachable,
+            "crane copy up:5000/a@sha256:1 cache:5000/a:b: dial tcp cache:5000: connection refused",
+        )
+        .on(Side::Cache, Some("cache:5000"));
+        assert_eq!(breakers.trip(&refused).as_deref(), Some("cache:5000"));
+        assert!(breakers.trip(&refused).is_none(), "trips once");
         assert!(breakers.check(&["up:5000"]).is_none());
         let skipped = breakers.check(&["up:5000", "cache:5000"]).expect("tripped");
-        assert_eq!(skipped.kind, FailureKind::Skipped);
+        assert_eq!(skipped.class, Class::Skipped);
         assert!(
             skipped
                 .message
@@ -90,14 +79,20 @@ mod tests {
             "{}",
             skipped.message
         );
-        let limited = Failure::new(FailureKind::RateLimited, "TOOMANYREQUESTS");
-        breakers.trip(&["docker.io"], &limited);
+        let limited = Failure::new(Class::RateLimited, "TOOMANYREQUESTS cache:5000")
+            .on(Side::Upstream, Some("docker.io"));
+        breakers.trip(&limited);
         assert!(
             breakers
                 .check(&["docker.io"])
                 .expect("tripped")
                 .message
                 .contains("docker.io rate limited")
+        );
+        let unattributed = Failure::new(Class::RateLimited, "somewhere");
+        assert!(
+            breakers.trip(&unattributed).is_none(),
+            "no host, no breaker"
         );
     }
 }

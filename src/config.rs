@@ -59,6 +59,8 @@ pub struct RawSettings {
     /// Registries spoken to over plain HTTP or without certificate checks (`host:port`).
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Who reads digests: `builtin` (default) or `crane`.
+    pub digest_check: Option<crate::registry::DigestCheck>,
 }
 
 /// A config file that could not be read or parsed.

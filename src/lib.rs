@@ -7,10 +7,8 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
-pub mod credentials;
 pub mod decision;
 pub mod exit;
-pub mod failure;
 pub mod logging;
 pub mod plan;
 pub mod process;
@@ -71,7 +69,14 @@ async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
     }
-    let toolbox = Arc::new(Toolbox::discover(tls_policy(plan).await));
+    let toolbox = Arc::new(
+        Toolbox::discover(
+            tls_policy(plan).await,
+            plan.settings.digest_check,
+            &plan.cache_host,
+        )
+        .await,
+    );
     announce(plan, &toolbox, dry_run);
 
     let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
@@ -152,7 +157,7 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
 pub fn describe_plan(plan: &Plan) -> String {
     let settings = &plan.settings;
     let mut text = format!(
-        "config {} is valid: {} image(s) into {} (concurrency {}, check concurrency {}, retries {}, pull timeout {} s, check timeout {} s, run deadline {}, skip_on_error {})",
+        "config {} is valid: {} image(s) into {} (concurrency {}, check concurrency {}, retries {}, pull timeout {} s, check timeout {} s, run deadline {}, skip_on_error {}, digest check {})",
         plan.config_path.display(),
         plan.jobs.len(),
         plan.cache_registry,
@@ -165,6 +170,10 @@ pub fn describe_plan(plan: &Plan) -> String {
             .run_deadline
             .map_or_else(|| "none".to_owned(), |d| format!("{} s", d.as_secs())),
         settings.skip_on_error,
+        match settings.digest_check {
+            crate::registry::DigestCheck::Builtin => "builtin",
+            crate::registry::DigestCheck::Crane => "crane",
+        },
     );
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings

@@ -81,6 +81,8 @@ pub struct Settings {
     pub skip_on_error: bool,
     /// Hosts (`host[:port]`, lowercase) spoken to without TLS verification.
     pub insecure_registries: BTreeSet<String>,
+    /// Who reads digests.
+    pub digest_check: crate::registry::DigestCheck,
 }
 
 /// One thing wrong with the config.
@@ -290,6 +292,7 @@ fn resolve_settings(
         check_timeout: Duration::from_secs(check),
         skip_on_error: raw.skip_on_error.unwrap_or(false),
         insecure_registries,
+        digest_check: raw.digest_check.unwrap_or_default(),
     })
 }
 

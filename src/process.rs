@@ -1,6 +1,6 @@
 //! The only place that spawns child processes.
 //!
-//! Every child gets a null stdin, piped and drained stdout/stderr, its own process group
+//! Every child gets a null stdin (or the bytes it is given), piped and drained stdout/stderr, its own process group
 //! and `kill_on_drop` as a safety net. On timeout or interruption the whole group gets
 //! SIGTERM, a short grace, then SIGKILL, and the child is always reaped.
 
@@ -27,6 +27,10 @@ const MAX_STDOUT_BYTES: usize = 4 * 1024 * 1024;
 /// At most this much of the end of a child's stderr is kept as evidence.
 const MAX_STDERR_TAIL: usize = 16 * 1024;
 
+/// How long a child's pipes are read after it exited: a grandchild that inherited them
+/// (a credential helper's daemon) must not hold the step open.
+const PIPE_GRACE: Duration = Duration::from_millis(500);
+
 /// Children spawned by this process so far (tests and benchmarks read it from the log).
 static SPAWNED: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,6 +46,8 @@ pub struct CommandSpec {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(OsString, OsString)>,
+    /// Bytes written to the child's stdin (then closed); `None`: a null stdin.
+    pub stdin: Option<Vec<u8>>,
     /// Bound on the whole run of the child.
     pub timeout: Duration,
 }
@@ -125,7 +131,11 @@ pub async fn run(spec: &CommandSpec, cancel: &Cancel) -> Result<Finished, RunErr
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -141,6 +151,13 @@ pub async fn run(spec: &CommandSpec, cancel: &Cancel) -> Result<Finished, RunErr
     let _live = LiveGroup::new(pid);
     tracing::debug!(program = %spec.program.display(), args = ?spec.args, spawned = count, "spawned child");
 
+    if let (Some(bytes), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            // A child that exits without reading gives a broken pipe: not our failure.
+            let _ = stdin.write_all(&bytes).await;
+        });
+    }
     let stdout = child
         .stdout
         .take()
@@ -165,19 +182,43 @@ pub async fn run(spec: &CommandSpec, cancel: &Cancel) -> Result<Finished, RunErr
             return Err(reason);
         }
     };
-    let stdout = match stdout {
-        Some(task) => task.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let stderr = match stderr {
-        Some(task) => task.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
+    // The child is gone; whatever still holds its pipes is a grandchild in its group.
+    let readers = [stdout, stderr];
+    if tokio::time::timeout(PIPE_GRACE, readers_done(&readers))
+        .await
+        .is_err()
+    {
+        if let Some(pid) = pid {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let _ = tokio::time::timeout(PIPE_GRACE, readers_done(&readers)).await;
+    }
+    let [stdout, stderr] = readers;
+    let (stdout, stderr) = (output_of(stdout).await, output_of(stderr).await);
     Ok(Finished {
         code: status.code(),
         stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+/// Returns once every pipe reader has finished.
+async fn readers_done(readers: &[Option<tokio::task::JoinHandle<Vec<u8>>>]) {
+    while readers.iter().flatten().any(|task| !task.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What a pipe reader read; nothing when it is still stuck (it is stopped).
+async fn output_of(reader: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    match reader {
+        Some(task) if task.is_finished() => task.await.unwrap_or_default(),
+        Some(task) => {
+            task.abort();
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
 }
 
 async fn wait_cancelled(cancel: &mut Cancel) {
@@ -233,6 +274,7 @@ mod tests {
             program: PathBuf::from(program),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            stdin: None,
             timeout: Duration::from_millis(timeout_ms),
         }
     }
@@ -295,6 +337,34 @@ mod tests {
             .expect("stops")
             .expect("joins");
         assert_eq!(result.expect_err("must fail"), RunError::Interrupted);
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_holding_the_pipes_does_not_hold_the_step() {
+        let (_tx, cancel) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let done = run(
+            &spec("/bin/sh", &["-c", "echo early; sleep 20 & exit 0"], 10_000),
+            &cancel,
+        )
+        .await
+        .expect("runs");
+        assert!(done.success());
+        assert_eq!(done.stdout, b"early\n", "what was written before is kept");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pipes are read with a bound once the child exited: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_bytes_reach_the_child() {
+        let (_tx, cancel) = watch::channel(false);
+        let mut with_input = spec("/bin/cat", &[], 5_000);
+        with_input.stdin = Some(b"registry.example".to_vec());
+        let done = run(&with_input, &cancel).await.expect("runs");
+        assert_eq!(done.stdout, b"registry.example");
     }
 
     #[tokio::test]

@@ -55,8 +55,12 @@ pub struct ImageResult {
     pub error: Option<String>,
     /// The tool that did the work (the copy, else the last check), or null.
     pub tool: Option<Tool>,
-    /// Tool attempts of the steps, counting retries: 1 when nothing was retried.
+    /// Tool attempts of the steps, counting retries and fallbacks to another tool: 1
+    /// when every step took one attempt.
     pub attempts: u32,
+    /// Manifest GETs the upstream digest checks sent (each a pull on Docker Hub): 0
+    /// while HEAD answers with a digest. Copies are not counted here.
+    pub check_gets: u32,
 }
 
 /// Counts by action.
@@ -144,6 +148,7 @@ mod tests {
             error: None,
             tool: Some(Tool::Crane),
             attempts: 1,
+            check_gets: 0,
         }
     }
 

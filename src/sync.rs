@@ -16,11 +16,10 @@ use tokio::task::JoinSet;
 
 use crate::breaker::Breakers;
 use crate::decision::{Decision, decide};
-use crate::failure::{self, Failure, FailureKind};
 use crate::plan::{Job, Plan, Settings};
 use crate::process::Cancel;
 use crate::reference::Digest;
-use crate::registry::{Attempted, Tool, Toolbox};
+use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::report::{Action, ImageResult};
 use crate::retry;
 
@@ -33,7 +32,6 @@ struct Context {
     copies: Arc<Semaphore>,
     breakers: Breakers,
     deadline: Option<Instant>,
-    cache_host: String,
 }
 
 impl Context {
@@ -64,45 +62,44 @@ impl Context {
     }
 
     /// Runs one step against `hosts`: refused at once when a host's breaker tripped,
-    /// retried with backoff while the failure is transient (each retry adds one to
-    /// `retries`), tripping the breaker when the registry refuses or rate limits us, or
-    /// when a digest check timed out on every attempt.
+    /// attempted again with backoff while the failure allows it (each tool attempt past
+    /// the first adds one to `tally.extra`), tripping the breaker of the registry that
+    /// refused or rate limited us, or that timed out a digest check on every attempt.
+    /// `run` gets the previous attempt's failure (a copy then picks its tool by it).
     async fn step<T, F, Fut>(
         &self,
         hosts: &[&str],
         retry_timeouts: bool,
-        retries: &mut u32,
+        tally: &mut Tally,
         mut run: F,
     ) -> Attempted<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Option<Failure>) -> Fut,
         Fut: Future<Output = Attempted<T>>,
     {
         let mut retry = 0;
+        let mut previous = None;
         loop {
             if let Some(skipped) = self.breakers.check(hosts) {
                 return Attempted {
                     tool: None,
                     outcome: Err(skipped),
+                    tries: 0,
+                    gets: 0,
                 };
             }
-            let result = run().await;
+            let result = run(previous.take()).await;
+            tally.extra += result.tries.saturating_sub(1) + u32::from(retry > 0);
+            tally.gets += result.gets;
             let Err(failure) = &result.outcome else {
                 return result;
             };
-            if failure.kind.trips_breaker() {
-                for host in self.breakers.trip(hosts, failure) {
-                    let role = if host == self.cache_host {
-                        "cache registry"
-                    } else {
-                        "registry"
-                    };
-                    tracing::error!(registry = %host, cause = %failure, "{role} refuses requests: no more requests go to it in this run");
-                }
+            if failure.class.trips_breaker() {
+                self.trip(failure);
                 return result;
             }
-            let retryable = failure.kind.is_retryable()
-                && (retry_timeouts || failure.kind != FailureKind::TimedOut);
+            let retryable = failure.class.is_retryable()
+                && (retry_timeouts || failure.class != Class::TimedOut);
             if !retryable
                 || retry >= self.settings.retries
                 || self.cancelled()
@@ -110,26 +107,45 @@ impl Context {
             {
                 // A digest check (one small request) that timed out on every attempt means
                 // the registry hangs: spare the other images the same wait.
-                if retryable && retry_timeouts && failure.kind == FailureKind::TimedOut {
-                    self.breakers.trip(hosts, failure);
+                if retryable && retry_timeouts && failure.class == Class::TimedOut {
+                    self.breakers.trip(failure);
                 }
                 return result;
             }
-            let wait = retry::backoff(
-                retry,
-                failure::retry_after(&failure.message),
-                retry::jitter(),
-            );
-            tracing::warn!(cause = %failure, retry = retry + 1, wait_ms = wait.as_millis() as u64, "transient failure; retrying");
-            let mut cancel = self.cancel.clone();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = cancel.wait_for(|cancelled| *cancelled) => return result,
+            // The next attempt changes tool: nothing to wait for.
+            if !failure.class.worth_fallback() {
+                let wait = retry::backoff(retry, failure.retry_after, retry::jitter());
+                tracing::warn!(cause = %failure, retry = retry + 1, wait_ms = wait.as_millis() as u64, "transient failure; retrying");
+                let mut cancel = self.cancel.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = cancel.wait_for(|cancelled| *cancelled) => return result,
+                }
             }
             retry += 1;
-            *retries += 1;
+            previous = Some(failure.clone());
         }
     }
+
+    fn trip(&self, failure: &Failure) {
+        if let Some(host) = self.breakers.trip(failure) {
+            let role = if failure.side == Some(Side::Cache) {
+                "cache registry"
+            } else {
+                "registry"
+            };
+            tracing::error!(registry = %host, cause = %failure, "{role} refuses requests: no more requests go to it in this run");
+        }
+    }
+}
+
+/// What the steps of one image cost beyond a single attempt each.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Tool attempts past the first of each step (retries and fallbacks).
+    extra: u32,
+    /// Manifest GETs the checks sent.
+    gets: u32,
 }
 
 /// Syncs every image of the plan; results come back in config order.
@@ -148,7 +164,6 @@ pub async fn sync_all(
         copies: Arc::new(Semaphore::new(plan.settings.concurrency)),
         breakers: Breakers::default(),
         deadline: plan.settings.run_deadline.map(|limit| started + limit),
-        cache_host: plan.cache_host.clone(),
     });
     preflight(plan, &context).await;
     let checks = Arc::new(Semaphore::new(plan.settings.check_concurrency));
@@ -184,7 +199,7 @@ pub async fn sync_all(
             Err(err) => {
                 if let Some(&index) = task_index.get(&err.id()) {
                     let failure = Failure::new(
-                        FailureKind::Other,
+                        Class::Other,
                         format!("internal error: the task for this image {err}"),
                     );
                     results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
@@ -217,13 +232,14 @@ async fn preflight(plan: &Plan, context: &Context) {
         .digest(
             &first.target,
             &first.tag,
+            Side::Cache,
             context.settings.check_timeout,
             &context.cancel,
         )
         .await;
     if let Err(failure) = probe.outcome {
-        if failure.kind.trips_breaker() || failure.kind == FailureKind::TimedOut {
-            context.breakers.trip(&[first.target.host()], &failure);
+        if failure.class.trips_breaker() || failure.class == Class::TimedOut {
+            context.breakers.trip(&failure);
             tracing::error!(
                 registry = %first.target.host(),
                 cause = %failure,
@@ -250,17 +266,31 @@ async fn sync_image(
 
     // Both digests at once: they are independent reads, and the image's check then costs
     // the slower of the two round trips, not their sum.
-    let (mut upstream_retries, mut cache_retries) = (0, 0);
+    let (mut upstream_tally, mut cache_tally) = (Tally::default(), Tally::default());
     let (source_hosts, cache_hosts) = ([source_host], [cache_host]);
     let (upstream, cache) = tokio::join!(
-        context.step(&source_hosts, true, &mut upstream_retries, || {
-            toolbox.digest(&job.source, &job.tag, check_timeout, &context.cancel)
+        context.step(&source_hosts, true, &mut upstream_tally, |_| {
+            toolbox.digest(
+                &job.source,
+                &job.tag,
+                Side::Upstream,
+                check_timeout,
+                &context.cancel,
+            )
         }),
-        context.step(&cache_hosts, true, &mut cache_retries, || {
-            toolbox.digest(&job.target, &job.tag, check_timeout, &context.cancel)
+        context.step(&cache_hosts, true, &mut cache_tally, |_| {
+            toolbox.digest(
+                &job.target,
+                &job.tag,
+                Side::Cache,
+                check_timeout,
+                &context.cancel,
+            )
         }),
     );
-    outcome.attempts += upstream_retries + cache_retries;
+    outcome.attempts += upstream_tally.extra + cache_tally.extra;
+    // Only upstream GETs spend quota; the cache's are free.
+    outcome.check_gets += upstream_tally.gets;
     let remote = match upstream.outcome {
         Ok(digest) => digest,
         Err(failure) => return outcome.failed(upstream.tool, &failure),
@@ -269,12 +299,7 @@ async fn sync_image(
     outcome.tool = cache.tool;
     outcome.cached = match cache.outcome {
         Ok(digest) => Some(digest),
-        Err(failure)
-            if matches!(
-                failure.kind,
-                FailureKind::ManifestUnknown | FailureKind::NameUnknown
-            ) =>
-        {
+        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
             None
         }
         Err(failure) => return outcome.failed(cache.tool, &failure),
@@ -311,44 +336,52 @@ async fn copy_and_verify(
     let toolbox = &context.toolbox;
     let hosts = [job.source.host(), job.target.host()];
     let pull_timeout = context.settings.pull_timeout;
+    let mut tally = Tally::default();
     let copied = context
-        .step(&hosts, false, &mut outcome.attempts, || {
-            toolbox.copy(
-                &job.source,
-                remote,
-                &job.target,
-                &job.tag,
-                pull_timeout,
-                &context.cancel,
-            )
+        .step(&hosts, false, &mut tally, |previous| async move {
+            toolbox
+                .copy(
+                    &job.source,
+                    remote,
+                    &job.target,
+                    &job.tag,
+                    pull_timeout,
+                    &context.cancel,
+                    previous.as_ref(),
+                )
+                .await
         })
         .await;
+    outcome.attempts += tally.extra;
     outcome.tool = copied.tool;
     if let Err(failure) = copied.outcome {
         return outcome.failed(copied.tool, &failure);
     }
+    let mut tally = Tally::default();
     let verified = context
-        .step(&[job.target.host()], true, &mut outcome.attempts, || {
+        .step(&[job.target.host()], true, &mut tally, |_| {
             toolbox.digest(
                 &job.target,
                 &job.tag,
+                Side::Cache,
                 context.settings.check_timeout,
                 &context.cancel,
             )
         })
         .await;
+    outcome.attempts += tally.extra;
     let drift = match verified.outcome {
         Ok(now) if now == *remote => None,
         Ok(now) => Some(Failure::new(
-            FailureKind::DigestDrift,
+            Class::DigestDrift,
             format!(
-                "the cache holds {now} after copying {remote}: the copy converted the format or kept one platform, or the cache rewrote the manifest (Zot needs http.compat: [\"docker2s2\"])"
+                "the cache holds {now} after copying {remote}: the copy converted the format or kept one platform, or the cache rewrote the manifest"
             ),
         )),
-        Err(failure) => Some(Failure::new(
-            failure.kind,
-            format!("cannot verify the copy: {}", failure.message),
-        )),
+        Err(failure) => Some(Failure {
+            message: format!("cannot verify the copy: {}", failure.message),
+            ..failure
+        }),
     };
     match drift {
         Some(failure) => outcome.failed(copied.tool, &failure),
@@ -361,6 +394,7 @@ struct Outcome<'a> {
     job: &'a Job,
     started: Instant,
     attempts: u32,
+    check_gets: u32,
     remote: Option<Digest>,
     cached: Option<Digest>,
     tool: Option<Tool>,
@@ -372,6 +406,7 @@ impl<'a> Outcome<'a> {
             job,
             started: Instant::now(),
             attempts: 1,
+            check_gets: 0,
             remote: None,
             cached: None,
             tool: None,
@@ -412,6 +447,7 @@ impl<'a> Outcome<'a> {
             error,
             tool: self.tool,
             attempts: self.attempts,
+            check_gets: self.check_gets,
         }
     }
 }

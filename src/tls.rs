@@ -62,6 +62,13 @@ impl TlsPolicy {
         self
     }
 
+    /// The IP literal copies reach the (listed) cache by, when there is one.
+    pub fn cache_literal(&self) -> Option<&str> {
+        self.cache_literal
+            .as_ref()
+            .map(|(_, literal)| literal.as_str())
+    }
+
     /// The user marked this host insecure.
     pub fn is_listed(&self, host: &str) -> bool {
         self.listed.contains(&host.to_ascii_lowercase())

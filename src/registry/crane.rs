@@ -1,8 +1,7 @@
 //! crane (go-containerregistry v0.22.1): argument builders and output parsing.
 //!
 //! `crane digest` is a HEAD request (no pull quota while it succeeds). `crane copy` copies
-//! every platform and keeps the digest. crane exits 1 for every failure; the cause is on
-//! the last `Error:` line of stderr.
+//! every platform and keeps the digest. Its errors are read in `super::tool_errors`.
 
 use crate::reference::Digest;
 
@@ -35,22 +34,6 @@ pub fn parse_digest(stdout: &[u8]) -> Option<Digest> {
         .and_then(Digest::parse)
 }
 
-/// The line of stderr that says why crane failed.
-pub fn error_line(stderr: &str) -> String {
-    let lines = || {
-        stderr
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-    };
-    lines()
-        .rev()
-        .find_map(|line| line.strip_prefix("Error:").map(str::trim))
-        .or_else(|| lines().next_back())
-        .unwrap_or("exited without a message")
-        .to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,19 +59,12 @@ mod tests {
     }
 
     #[test]
-    fn digest_and_errors_are_read_from_the_right_lines() {
+    fn the_digest_is_read_from_the_last_line() {
         let digest = format!("sha256:{}", "0".repeat(64));
         assert_eq!(
             parse_digest(format!("{digest}\n\n").as_bytes()).map(|d| d.to_string()),
             Some(digest)
         );
         assert!(parse_digest(b"nonsense\n").is_none());
-        let stderr = "2026/11/27 12:00:00 HEAD request failed, falling back on GET: HEAD http://x: unexpected status code 404\nError: GET http://127.0.0.1:5000/v2/a/manifests/b: MANIFEST_UNKNOWN: manifest unknown; map[Tag:b]\n";
-        assert_eq!(
-            error_line(stderr),
-            "GET http://127.0.0.1:5000/v2/a/manifests/b: MANIFEST_UNKNOWN: manifest unknown; map[Tag:b]"
-        );
-        assert_eq!(error_line("panic: boom\n"), "panic: boom");
-        assert_eq!(error_line(""), "exited without a message");
     }
 }

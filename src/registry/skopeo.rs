@@ -62,24 +62,6 @@ pub fn digest_of_raw_manifest(stdout: &[u8]) -> Option<Digest> {
     looks_like_manifest.then(|| Digest::of_bytes(stdout))
 }
 
-/// The message of skopeo's `level=fatal msg="..."` line, or its last line.
-pub fn error_line(stderr: &str) -> String {
-    let lines = || {
-        stderr
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-    };
-    let fatal = lines().rev().find_map(|line| {
-        let start = line.find("msg=\"")? + 5;
-        let end = line.rfind('"').filter(|&end| end >= start)?;
-        Some(line[start..end].replace("\\\"", "\""))
-    });
-    fatal
-        .or_else(|| lines().next_back().map(str::to_owned))
-        .unwrap_or_else(|| "exited without a message".to_owned())
-}
-
 fn global_args(options: &SkopeoOptions<'_>) -> Vec<String> {
     match options.tmpdir {
         Some(dir) => vec!["--tmpdir".to_owned(), dir.display().to_string()],
@@ -153,17 +135,11 @@ mod tests {
     }
 
     #[test]
-    fn raw_manifests_hash_to_their_digest_and_errors_are_extracted() {
+    fn raw_manifests_hash_to_their_digest() {
         assert_eq!(
             digest_of_raw_manifest(b"{}").map(|d| d.to_string()),
             Some(Digest::of_bytes(b"{}").to_string())
         );
         assert!(digest_of_raw_manifest(b"").is_none());
-        let stderr = "time=\"2026-11-27T12:00:00Z\" level=fatal msg=\"Error parsing image name \\\"docker://x\\\": reading manifest y in x: manifest unknown\"\n";
-        assert_eq!(
-            error_line(stderr),
-            "Error parsing image name \"docker://x\": reading manifest y in x: manifest unknown"
-        );
-        assert_eq!(error_line("plain failure\n"), "plain failure");
     }
 }

@@ -339,24 +339,10 @@ fn credentials_come_from_docker_config_and_never_show() {
     let up = upstream.host();
     let seed_auth = tempfile::tempdir().expect("dir");
     write_docker_config(seed_auth.path(), &up, user, password);
-    let layout = OciLayout::new(Kind::MultiArch, "private", 64);
-    let push = std::process::Command::new(&tools.skopeo)
-        .args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--authfile",
-        ])
-        .arg(seed_auth.path().join("config.json"))
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .arg(format!("docker://{up}/private/app:1"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
+    OciLayout::new(Kind::MultiArch, "private", 64).push_with_authfile(
+        &tools,
+        &format!("{up}/private/app:1"),
+        &seed_auth.path().join("config.json"),
     );
 
     let yaml = config(&cache.host(), &[(format!("{up}/private/app"), "1")], "");

@@ -76,6 +76,9 @@ pub enum Fault {
     /// Pass through, with the response's `Docker-Content-Digest` header replaced by (or set
     /// to) this value: a registry or cache that reports a different digest.
     RewriteDigest(String),
+    /// Pass through, without the response's `Docker-Content-Digest` header: a proxy that
+    /// drops it (clients then have to GET the manifest to know its digest).
+    StripDigest,
 }
 
 impl Fault {
@@ -145,6 +148,30 @@ impl Fault {
     pub fn rewrite_digest(digest: &str) -> Self {
         Self::RewriteDigest(digest.to_owned())
     }
+
+    /// What Zot v2.1 without `http.compat: ["docker2s2"]` answers to a Docker-format
+    /// manifest PUT: 415 `MANIFEST_INVALID` naming the media type. Zot never rewrites it.
+    pub fn zot_refuses_media_type(media_type: &str) -> Self {
+        let body = serde_json::json!({"errors": [{
+            "code": "MANIFEST_INVALID",
+            "message": "manifest invalid",
+            "detail": {"mediaType": media_type},
+        }]});
+        Self::status(415)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+    }
+}
+
+/// A bearer-token gate in front of the registry, like Docker Hub's: every `/v2/` request
+/// without a live token gets a 401 challenge naming the proxy's own `/token` endpoint,
+/// which hands out tokens.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// `expires_in` in the token response (`None`: the field is left out).
+    pub expires_in: Option<u64>,
+    /// How long a token is really accepted (a server may revoke earlier than it said).
+    pub valid_for: Duration,
 }
 
 /// One line of the rule table: which requests it matches and what it does to them.
@@ -152,6 +179,7 @@ impl Fault {
 pub struct Rule {
     method: String,
     path: String,
+    content_type: Option<String>,
     first: usize,
     last: usize,
     fault: Fault,
@@ -164,6 +192,7 @@ impl Rule {
         Self {
             method: method.to_owned(),
             path: path_contains.to_owned(),
+            content_type: None,
             first: 1,
             last: usize::MAX,
             fault: Fault::PassThrough,
@@ -186,15 +215,25 @@ impl Rule {
         self
     }
 
+    /// Matches only requests whose `Content-Type` contains this (a manifest's media type).
+    pub fn content_type(mut self, contains: &str) -> Self {
+        self.content_type = Some(contains.to_owned());
+        self
+    }
+
     /// What to do when the rule fires.
     pub fn respond(mut self, fault: Fault) -> Self {
         self.fault = fault;
         self
     }
 
-    fn matches(&self, method: &str, target: &str) -> bool {
+    fn matches(&self, method: &str, target: &str, content_type: Option<&str>) -> bool {
         (self.method == "*" || self.method.eq_ignore_ascii_case(method))
             && target.contains(&self.path)
+            && self
+                .content_type
+                .as_deref()
+                .is_none_or(|wanted| content_type.is_some_and(|given| given.contains(wanted)))
     }
 }
 
@@ -205,6 +244,8 @@ pub struct Seen {
     pub method: String,
     /// The request target (path and query), e.g. `/v2/demo/manifests/1.0`.
     pub path: String,
+    /// The client's `User-Agent` (`image-sync/...`, `go-containerregistry/...`, ...).
+    pub user_agent: String,
     /// When the request head arrived, since the proxy started.
     pub at: Duration,
     /// Index (in order of addition) of the rule that fired, if any.
@@ -230,6 +271,11 @@ pub struct FaultProxy {
 
 struct Shared {
     upstream: String,
+    /// The proxy's own port (for the token realm it names).
+    port: u16,
+    token_auth: Option<TokenAuth>,
+    /// Tokens handed out, with when.
+    issued: Mutex<HashMap<String, Instant>>,
     started: Instant,
     stop: AtomicBool,
     rules: Mutex<Vec<(Rule, usize)>>,
@@ -247,10 +293,22 @@ impl FaultProxy {
     /// Starts a proxy on a free 127.0.0.1 port in front of `upstream` (`127.0.0.1:PORT`),
     /// with an empty rule table (everything passes through).
     pub fn start(upstream: impl Into<String>) -> Self {
+        Self::start_with(upstream, None)
+    }
+
+    /// Starts a proxy that asks for bearer tokens like Docker Hub ([`TokenAuth`]).
+    pub fn start_with_tokens(upstream: impl Into<String>, auth: TokenAuth) -> Self {
+        Self::start_with(upstream, Some(auth))
+    }
+
+    fn start_with(upstream: impl Into<String>, token_auth: Option<TokenAuth>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
         let port = listener.local_addr().expect("fault proxy address").port();
         let shared = Arc::new(Shared {
             upstream: upstream.into(),
+            port,
+            token_auth,
+            issued: Mutex::new(HashMap::new()),
             started: Instant::now(),
             stop: AtomicBool::new(false),
             rules: Mutex::new(Vec::new()),
@@ -316,7 +374,7 @@ impl FaultProxy {
         let probe = Rule::new(method, path_contains);
         lock(&self.shared.seen)
             .iter()
-            .filter(|seen| probe.matches(&seen.method, &seen.path))
+            .filter(|seen| probe.matches(&seen.method, &seen.path, None))
             .count()
     }
 
@@ -418,10 +476,11 @@ impl Shared {
 
     /// Applies the rule table to a request and records it; returns its record index and
     /// what to do.
-    fn decide(&self, method: &str, target: &str) -> (usize, Fault) {
+    fn decide(&self, method: &str, target: &str, request: &Head) -> (usize, Fault) {
         let mut fired = None;
+        let content_type = request.header("Content-Type");
         for (index, (rule, count)) in lock(&self.rules).iter_mut().enumerate() {
-            if rule.matches(method, target) {
+            if rule.matches(method, target, content_type) {
                 *count += 1;
                 if fired.is_none() && (rule.first..=rule.last).contains(count) {
                     fired = Some((index, *count, rule.fault.clone()));
@@ -436,6 +495,7 @@ impl Shared {
         seen.push(Seen {
             method: method.to_owned(),
             path: target.to_owned(),
+            user_agent: request.header("User-Agent").unwrap_or_default().to_owned(),
             at: self.started.elapsed(),
             rule,
             attempt,
@@ -444,6 +504,21 @@ impl Shared {
             duration: None,
         });
         (seen.len() - 1, fault)
+    }
+
+    /// Records a request the proxy answered itself (the token gate), outside the rules.
+    fn record(&self, method: &str, target: &str, request: &Head, status: u16) {
+        lock(&self.seen).push(Seen {
+            method: method.to_owned(),
+            path: target.to_owned(),
+            user_agent: request.header("User-Agent").unwrap_or_default().to_owned(),
+            at: self.started.elapsed(),
+            rule: None,
+            attempt: 0,
+            fault: Fault::PassThrough,
+            status: Some(status),
+            duration: Some(Duration::ZERO),
+        });
     }
 
     fn set_status(&self, index: usize, status: u16) {
@@ -653,6 +728,70 @@ fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// The token gate's own answer to a request, when it answers instead of the registry:
+/// a token from `/token`, or a 401 challenge for a `/v2/` request without a live token.
+fn gate_answer(
+    shared: &Shared,
+    gate: &TokenAuth,
+    method: &str,
+    target: &str,
+    request: &Head,
+) -> Option<(Vec<u8>, u16)> {
+    if target.starts_with("/token") {
+        let token = format!(
+            "proxy-token-{}",
+            shared.next_id.fetch_add(1, Ordering::SeqCst)
+        );
+        lock(&shared.issued).insert(token.clone(), Instant::now());
+        let mut body = serde_json::json!({"token": token});
+        if let Some(expires_in) = gate.expires_in {
+            body["expires_in"] = serde_json::json!(expires_in);
+        }
+        let body = body.to_string();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        return Some(([head.into_bytes(), body.into_bytes()].concat(), 200));
+    }
+    if !target.starts_with("/v2/") {
+        return None;
+    }
+    let live = request
+        .header("Authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| lock(&shared.issued).get(token).copied())
+        .is_some_and(|issued| issued.elapsed() < gate.valid_for);
+    if live {
+        return None;
+    }
+    let repository = target
+        .trim_start_matches("/v2/")
+        .split("/manifests/")
+        .next()
+        .and_then(|rest| rest.split("/blobs/").next())
+        .unwrap_or_default();
+    let actions = if matches!(method, "GET" | "HEAD") {
+        "pull"
+    } else {
+        "pull,push"
+    };
+    let challenge = format!(
+        "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"fault-proxy\",scope=\"repository:{repository}:{actions}\"",
+        shared.port
+    );
+    let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+    let head = format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWWW-Authenticate: {challenge}\r\nContent-Length: {}\r\n\r\n",
+        if method == "HEAD" { 0 } else { body.len() }
+    );
+    let mut bytes = head.into_bytes();
+    if method != "HEAD" {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    Some((bytes, 401))
+}
+
 /// Serves one client connection until it closes or a fault ends it.
 fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
     let _tracked = shared.track(&client)?;
@@ -682,7 +821,19 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             Framing::UntilClose => Framing::Length(0),
             framing => framing,
         };
-        let (record, fault) = shared.decide(&method, &target);
+        if let Some(gate) = &shared.token_auth {
+            if let Some(answer) = gate_answer(shared, gate, &method, &target, &request) {
+                copy_body(&mut reader, &mut io::sink(), request_framing)?;
+                client.write_all(&answer.0)?;
+                client.flush()?;
+                shared.record(&method, &target, &request, answer.1);
+                if close {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        let (record, fault) = shared.decide(&method, &target, &request);
         let started = Instant::now();
         if request.has_token("Expect", "100-continue") {
             // Answered here, so that the body follows at once and the upstream never sends
@@ -739,7 +890,8 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             Fault::PassThrough
             | Fault::Throttle { .. }
             | Fault::ResetAfter { .. }
-            | Fault::RewriteDigest(_) => {}
+            | Fault::RewriteDigest(_)
+            | Fault::StripDigest => {}
         }
         let exchange = Exchange {
             method: &method,
@@ -814,8 +966,10 @@ fn forward(
         }
     };
     let status = status_of(&response)?;
-    if let Fault::RewriteDigest(digest) = exchange.fault {
-        response.set_header("Docker-Content-Digest", digest);
+    match exchange.fault {
+        Fault::RewriteDigest(digest) => response.set_header("Docker-Content-Digest", digest),
+        Fault::StripDigest => response.remove_header("Docker-Content-Digest"),
+        _ => {}
     }
     let framing = if exchange.method == "HEAD" || status < 200 || status == 204 || status == 304 {
         Framing::Length(0)

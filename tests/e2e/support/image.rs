@@ -140,12 +140,24 @@ impl OciLayout {
 
     /// Pushes the image to `destination` (`host/repo:tag`) with skopeo, over plain HTTP.
     pub fn push(&self, tools: &Tools, destination: &str, format: Format) {
+        self.push_as(tools, destination, format, None);
+    }
+
+    /// Pushes the image (OCI, digests kept) with the credentials of a Docker config file.
+    pub fn push_with_authfile(&self, tools: &Tools, destination: &str, authfile: &Path) {
+        self.push_as(tools, destination, Format::Oci, Some(authfile));
+    }
+
+    fn push_as(&self, tools: &Tools, destination: &str, format: Format, authfile: Option<&Path>) {
         let mut command = Command::new(&tools.skopeo);
         command.args(["copy", "--all", "--dest-tls-verify=false"]);
         match format {
             Format::Oci => command.arg("--preserve-digests"),
             Format::DockerV2S2 => command.args(["--format", "v2s2"]),
         };
+        if let Some(authfile) = authfile {
+            command.arg("--authfile").arg(authfile);
+        }
         let output = command
             .arg(format!("oci:{}:latest", self.path().display()))
             .arg(format!("docker://{destination}"))

@@ -1,0 +1,487 @@
+//! The two operations the sync asks for, a digest check and a copy, and the tools that
+//! carry them out: image-sync's own client for checks (crane, then skopeo, for what it
+//! hands over), crane for copies (skopeo when crane is missing, cannot reach the cache
+//! without weakening TLS, or failed in a way that says crane itself is the problem).
+//!
+//! A check has one deadline for every request and fallback in it. A copy is one tool
+//! attempt; the caller decides whether another follows.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::client::{Checked, Client};
+use super::credentials::{Keyring, Lookup};
+use super::failure::{Class, Failure, Side};
+use super::tool_errors::{self, Ends, ToolExit};
+use super::{crane, find_on_path, skopeo};
+use crate::process::{self, Cancel, CommandSpec, RunError};
+use crate::reference::{Digest, Repository, Tag};
+use crate::tls::{CopyRoute, TlsPolicy};
+
+/// The tool that did a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tool {
+    /// image-sync's own request (no child process).
+    #[serde(rename = "image-sync")]
+    Builtin,
+    /// go-containerregistry's crane.
+    Crane,
+    /// skopeo.
+    Skopeo,
+}
+
+impl Tool {
+    /// The executable's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Builtin => "image-sync",
+            Self::Crane => "crane",
+            Self::Skopeo => "skopeo",
+        }
+    }
+}
+
+/// Who reads digests (`settings.digest_check`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestCheck {
+    /// image-sync's own HEAD, handing to crane what it does not understand.
+    #[default]
+    Builtin,
+    /// Every check is a `crane digest` process, as the design card draws it.
+    Crane,
+}
+
+/// The outcome of a step, the last tool that tried it, and what it cost.
+#[derive(Debug, Clone)]
+pub struct Attempted<T> {
+    /// The tool whose answer this is (`None` when no tool could run).
+    pub tool: Option<Tool>,
+    /// The value, or why the step failed.
+    pub outcome: Result<T, Failure>,
+    /// Tool attempts made (the built-in client, crane and skopeo each count one).
+    pub tries: u32,
+    /// Manifest GETs a check sent (pulls on Docker Hub); copies are not counted here.
+    pub gets: u32,
+}
+
+impl<T> Attempted<T> {
+    fn new(tool: Option<Tool>, outcome: Result<T, Failure>, tries: u32) -> Self {
+        Self {
+            tool,
+            outcome,
+            tries,
+            gets: 0,
+        }
+    }
+}
+
+/// The tools found on PATH and how to call them.
+pub struct Toolbox {
+    client: Option<Client>,
+    keyring: Arc<Keyring>,
+    digest_check: DigestCheck,
+    crane: Option<PathBuf>,
+    skopeo: Option<PathBuf>,
+    tmpdir: PathBuf,
+    tls: TlsPolicy,
+    /// A private Docker config giving the cache's IP literal the cache's credentials
+    /// (crane finds none for the literal otherwise); removed when the toolbox drops.
+    literal_auth: Option<tempfile::TempDir>,
+}
+
+impl Toolbox {
+    /// Finds crane and skopeo on PATH and the credentials crane would use; when copies
+    /// reach the cache by IP literal and the cache has credentials, writes them for the
+    /// literal into a private config.
+    pub async fn discover(tls: TlsPolicy, digest_check: DigestCheck, cache_host: &str) -> Self {
+        let keyring = Arc::new(Keyring::discover());
+        let literal_auth = match tls.cache_literal() {
+            Some(literal) => match keyring.lookup(cache_host, "").await {
+                Lookup::Basic(basic) => match keyring.private_config_with_alias(literal, &basic) {
+                    Ok(dir) => Some(dir),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot write the private credentials file for the cache's address; copies to it go anonymous");
+                        None
+                    }
+                },
+                _ => None,
+            },
+            None => None,
+        };
+        Self {
+            client: Client::new(tls.clone(), Arc::clone(&keyring)),
+            keyring,
+            digest_check,
+            crane: find_on_path("crane"),
+            skopeo: find_on_path("skopeo"),
+            tmpdir: std::env::temp_dir(),
+            tls,
+            literal_auth,
+        }
+    }
+
+    /// crane's path, when found.
+    pub fn crane(&self) -> Option<&Path> {
+        self.crane.as_deref()
+    }
+
+    /// skopeo's path, when found.
+    pub fn skopeo(&self) -> Option<&Path> {
+        self.skopeo.as_deref()
+    }
+
+    /// The TLS policy in force.
+    pub fn tls(&self) -> &TlsPolicy {
+        &self.tls
+    }
+
+    /// Reads the digest of `repository:tag` on `side` within `timeout`, all fallbacks
+    /// included: image-sync's own client, else `crane digest` (HEAD), else `skopeo inspect
+    /// --raw` (a GET) when crane itself failed.
+    pub async fn digest(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+        side: Side,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Attempted<Digest> {
+        let started = Instant::now();
+        let budget = Budget::new(timeout);
+        let attempted = self
+            .digest_by_any_tool(repository, tag, side, budget, cancel)
+            .await;
+        tracing::debug!(
+            registry = %repository.host(),
+            side = side.as_str(),
+            reference = %repository.with_tag(tag),
+            tool = attempted.tool.map_or("", Tool::name),
+            digest = attempted.outcome.as_ref().map_or("", Digest::as_str),
+            // 0: no HTTP status (a transport failure, a tool's own error).
+            status = match &attempted.outcome {
+                Ok(_) => 200,
+                Err(failure) => failure.status.unwrap_or(0),
+            },
+            gets = attempted.gets,
+            ms = started.elapsed().as_millis() as u64,
+            "digest check"
+        );
+        attempted
+    }
+
+    async fn digest_by_any_tool(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+        side: Side,
+        budget: Budget,
+        cancel: &Cancel,
+    ) -> Attempted<Digest> {
+        let reference = repository.with_tag(tag);
+        let mut tries = 0;
+        if let (Some(client), DigestCheck::Builtin) = (&self.client, self.digest_check) {
+            tries += 1;
+            let mut cancel = cancel.clone();
+            let checked = tokio::select! {
+                checked = client.digest(repository, tag, side, budget.timeout) => checked,
+                _ = cancel.wait_for(|cancelled| *cancelled) => {
+                    Checked::Failed(Failure::new(Class::Interrupted, format!("HEAD {reference}")))
+                }
+            };
+            match checked {
+                Checked::Digest { digest, gets } => {
+                    return Attempted {
+                        gets,
+                        ..Attempted::new(Some(Tool::Builtin), Ok(digest), tries)
+                    };
+                }
+                Checked::Failed(failure) => {
+                    return Attempted::new(Some(Tool::Builtin), Err(failure), tries);
+                }
+                Checked::Delegate(why) => {
+                    tracing::debug!(reference = %reference, why = %why, "digest check handed to crane");
+                }
+            }
+        }
+        let ends = match side {
+            Side::Cache => Ends {
+                upstream: None,
+                cache: Some(repository.host()),
+                cache_alias: None,
+                writes: false,
+            },
+            _ => Ends {
+                upstream: Some(repository.host()),
+                cache: None,
+                cache_alias: None,
+                writes: false,
+            },
+        };
+        if let Some(crane) = &self.crane {
+            tries += 1;
+            let args =
+                crane::digest_args(&reference, self.tls.crane_insecure_for(repository.host()));
+            let what = format!("crane digest {reference}");
+            let run = Run {
+                program: crane,
+                args,
+                env: Vec::new(),
+                what: &what,
+                tool: Tool::Crane,
+                ends,
+            };
+            let outcome = self.run(run, budget, cancel).await.and_then(|done| {
+                let gets = u32::from(tool_errors::crane_fell_back_to_get(&done.stderr));
+                crane::parse_digest(&done.stdout)
+                    .map(|digest| (digest, gets))
+                    .ok_or_else(|| {
+                        Failure::new(Class::ToolFailed, format!("{what}: printed no digest"))
+                            .on(Side::Local, None)
+                    })
+            });
+            match outcome {
+                Ok((digest, gets)) => {
+                    return Attempted {
+                        gets,
+                        ..Attempted::new(Some(Tool::Crane), Ok(digest), tries)
+                    };
+                }
+                Err(failure) if !failure.class.worth_fallback() || self.skopeo.is_none() => {
+                    return Attempted::new(Some(Tool::Crane), Err(failure), tries);
+                }
+                Err(failure) => {
+                    tracing::warn!(reference = %reference, cause = %failure, "crane failed on this machine; the digest check goes to skopeo (a manifest GET)");
+                }
+            }
+        }
+        let Some(skopeo) = &self.skopeo else {
+            return no_tool(tries);
+        };
+        tries += 1;
+        let args = skopeo::inspect_args(
+            &reference,
+            self.tls.skopeo_verifies(repository.host()),
+            &self.skopeo_options(),
+        );
+        let what = format!("skopeo inspect {reference}");
+        let run = Run {
+            program: skopeo,
+            args,
+            env: Vec::new(),
+            what: &what,
+            tool: Tool::Skopeo,
+            ends,
+        };
+        let outcome = self.run(run, budget, cancel).await.and_then(|done| {
+            skopeo::digest_of_raw_manifest(&done.stdout).ok_or_else(|| {
+                Failure::new(Class::ToolFailed, format!("{what}: printed no manifest"))
+                    .on(Side::Local, None)
+            })
+        });
+        Attempted {
+            gets: 1,
+            ..Attempted::new(Some(Tool::Skopeo), outcome, tries)
+        }
+    }
+
+    /// One copy of `source@digest` to `target:tag`, every platform, keeping the digest:
+    /// with crane, or with skopeo when crane is missing, cannot reach the cache without
+    /// weakening TLS towards the upstream, or `previous` (the last attempt's failure)
+    /// says crane itself was the problem.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one copy's whole description; a struct would only rename them"
+    )]
+    pub async fn copy(
+        &self,
+        source: &Repository,
+        digest: &Digest,
+        target: &Repository,
+        tag: &Tag,
+        timeout: Duration,
+        cancel: &Cancel,
+        previous: Option<&Failure>,
+    ) -> Attempted<()> {
+        let from = source.with_digest(digest);
+        let to = target.with_tag(tag);
+        let budget = Budget::new(timeout);
+        let ends = Ends {
+            upstream: Some(source.host()),
+            cache: Some(target.host()),
+            cache_alias: None,
+            writes: true,
+        };
+        let route = self.tls.copy_route(source.host(), target.host());
+        let crane_failed_here = previous.is_some_and(|failure| failure.class.worth_fallback());
+        let crane_route = match (&self.crane, &route) {
+            (
+                Some(crane),
+                CopyRoute::Crane {
+                    insecure,
+                    destination_host,
+                },
+            ) if !(crane_failed_here && self.skopeo.is_some()) => {
+                Some((crane, *insecure, destination_host))
+            }
+            _ => None,
+        };
+        if let Some((crane, insecure, destination_host)) = crane_route {
+            let crane_to = Repository::new(destination_host, target.path()).with_tag(tag);
+            let literal = (destination_host != target.host()).then_some(destination_host.as_str());
+            let env = match (&self.literal_auth, literal) {
+                (Some(dir), Some(_)) => vec![(
+                    OsString::from("DOCKER_CONFIG"),
+                    dir.path().as_os_str().to_owned(),
+                )],
+                _ => Vec::new(),
+            };
+            let what = format!("crane copy {from} {crane_to}");
+            let run = Run {
+                program: crane,
+                args: crane::copy_args(&from, &crane_to, insecure),
+                env,
+                what: &what,
+                tool: Tool::Crane,
+                ends: Ends {
+                    cache_alias: literal,
+                    ..ends
+                },
+            };
+            let outcome = self.run(run, budget, cancel).await.map(drop);
+            return Attempted::new(Some(Tool::Crane), outcome, 1);
+        }
+        let Some(skopeo) = &self.skopeo else {
+            return no_tool(0);
+        };
+        match previous {
+            Some(failure) if crane_failed_here => {
+                tracing::warn!(image = %from, cause = %failure, "crane failed on this machine; this attempt copies with skopeo");
+            }
+            _ if self.crane.is_some() => {
+                tracing::debug!(image = %from, "copying with skopeo: crane cannot reach the cache without weakening TLS towards the upstream");
+            }
+            _ => {}
+        }
+        let args = skopeo::copy_args(
+            &from,
+            &to,
+            self.tls.skopeo_verifies(source.host()),
+            self.tls.skopeo_verifies(target.host()),
+            &self.skopeo_options(),
+        );
+        let what = format!("skopeo copy {from} {to}");
+        let run = Run {
+            program: skopeo,
+            args,
+            env: Vec::new(),
+            what: &what,
+            tool: Tool::Skopeo,
+            ends,
+        };
+        let outcome = self.run(run, budget, cancel).await.map(drop);
+        Attempted::new(Some(Tool::Skopeo), outcome, 1)
+    }
+
+    fn skopeo_options(&self) -> skopeo::SkopeoOptions<'_> {
+        skopeo::SkopeoOptions {
+            authfile: self.keyring.path(),
+            tmpdir: Some(&self.tmpdir),
+        }
+    }
+
+    /// Runs one tool command until the step's deadline; a non-zero exit becomes a typed
+    /// failure read from its stderr.
+    async fn run(
+        &self,
+        run: Run<'_>,
+        budget: Budget,
+        cancel: &Cancel,
+    ) -> Result<process::Finished, Failure> {
+        let left = budget.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::timed_out(budget.timeout, run.what));
+        }
+        let spec = CommandSpec {
+            program: run.program.to_owned(),
+            args: run.args,
+            env: run.env,
+            stdin: None,
+            timeout: left,
+        };
+        match process::run(&spec, cancel).await {
+            Ok(done) if done.success() => Ok(done),
+            Ok(done) => {
+                let line = match run.tool {
+                    Tool::Skopeo => tool_errors::skopeo_error_line(&done.stderr),
+                    _ => tool_errors::crane_error_line(&done.stderr),
+                };
+                let exit = ToolExit {
+                    code: done.code,
+                    line: &line,
+                    what: run.what,
+                };
+                Err(match run.tool {
+                    Tool::Skopeo => tool_errors::skopeo_failure(exit, run.ends),
+                    _ => tool_errors::crane_failure(exit, run.ends),
+                })
+            }
+            Err(RunError::TimedOut(_)) => {
+                let failure = Failure::timed_out(budget.timeout, run.what);
+                // A check touches one registry: that one hangs. A copy could hang on either.
+                Err(match (run.ends.writes, run.ends.upstream, run.ends.cache) {
+                    (false, Some(host), None) => failure.on(Side::Upstream, Some(host)),
+                    (false, None, Some(host)) => failure.on(Side::Cache, Some(host)),
+                    _ => failure,
+                })
+            }
+            Err(RunError::Interrupted) => Err(Failure::new(Class::Interrupted, run.what)),
+            Err(RunError::Spawn(message)) => {
+                Err(Failure::new(Class::ToolFailed, message).on(Side::Local, None))
+            }
+        }
+    }
+}
+
+/// One tool command of a step.
+struct Run<'a> {
+    program: &'a Path,
+    args: Vec<String>,
+    env: Vec<(OsString, OsString)>,
+    what: &'a str,
+    tool: Tool,
+    ends: Ends<'a>,
+}
+
+/// A step's time: its deadline, and its whole bound (for messages).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Budget {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout,
+            timeout,
+        }
+    }
+}
+
+/// Neither crane nor skopeo can do the step.
+fn no_tool<T>(tries: u32) -> Attempted<T> {
+    Attempted::new(
+        None,
+        Err(
+            Failure::new(Class::NoTool, "neither crane nor skopeo is on PATH")
+                .on(Side::Local, None),
+        ),
+        tries,
+    )
+}

@@ -1,0 +1,756 @@
+//! The registry layer against real registries: failures typed by the side that failed,
+//! a cache that refuses writes the way Zot does, tokens that expire, HEADs without a
+//! digest, credentials found like crane finds them, DNS failures, local errors, one
+//! deadline per check. Every test counts the upstream manifest GETs it caused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::dns::FailingDns;
+use crate::support::fault::{Fault, FaultProxy, Rule, TokenAuth};
+use crate::support::image::{self, Format, Kind};
+use crate::support::registry::{HungSocket, Registry};
+use crate::support::runner::{ImageSync, Outcome, outcome};
+use crate::support::tls_registry::TlsRegistry;
+use crate::support::{self, pair, write_script};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn yaml(cache: &str, images: &[(String, &str)], settings: &str) -> String {
+    let mut yaml = format!("cache_registry: \"{cache}\"\nimages:\n");
+    for (source, tag) in images {
+        yaml.push_str(&format!("  - {{source: \"{source}\", tag: \"{tag}\"}}\n"));
+    }
+    yaml.push_str("settings:\n  pull_timeout_secs: 60\n");
+    yaml.push_str(settings);
+    yaml
+}
+
+/// The `key=value` number of the log's "run finished" line.
+fn finished(run: &Outcome, key: &str) -> u64 {
+    let line = run
+        .stderr
+        .lines()
+        .rev()
+        .find(|line| line.contains("run finished"))
+        .unwrap_or_else(|| panic!("no run finished line:\n{}", run.stderr));
+    let start = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|digits| digits.parse().ok())
+        .expect("a number")
+}
+
+fn error_of(run: &Outcome, index: usize) -> String {
+    run.result(index)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({"auths": {host: {"auth": auth}}});
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write config.json");
+}
+
+/// Item 1: Zot v2.1 without `docker2s2` answers a Docker manifest PUT with 415
+/// `MANIFEST_INVALID`. That is final: one copy attempt, one upstream manifest GET, no
+/// skopeo, nothing tagged, and the message says what to change.
+#[test]
+fn a_cache_that_refuses_docker_manifests_costs_one_pull_and_names_docker2s2() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "zot-refuses",
+        &format!("{up}/app/docker:1"),
+        Format::DockerV2S2,
+    );
+    let zot = FaultProxy::start(p.cache.host()).rule(
+        Rule::new("PUT", "/manifests/")
+            .content_type(DOCKER_MANIFEST)
+            .respond(Fault::zot_refuses_media_type(DOCKER_MANIFEST)),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(&zot.host(), &[(format!("{up}/app/docker"), "1")], ""))
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed"]);
+    let error = error_of(&run, 0);
+    for needle in ["MANIFEST_INVALID", DOCKER_MANIFEST, "docker2s2"] {
+        assert!(error.contains(needle), "{needle} in {error}");
+    }
+    assert!(
+        error.starts_with("the cache refused the copy: crane copy"),
+        "{error}"
+    );
+    assert_eq!(run.result(0)["attempts"], 1, "no retry, no fallback");
+    assert_eq!(run.result(0)["tool"], "crane");
+    assert_eq!(
+        p.upstream.counts().manifest_gets,
+        1,
+        "one pull: {:?}",
+        p.upstream.requests()
+    );
+    assert_eq!(finished(&run, "processes"), 1, "one crane, no skopeo");
+    assert_eq!(zot.count("PUT", "/manifests/"), 1);
+    assert!(
+        image::digest_of(&p.tools, &format!("{}/app/docker:1", p.cache.host())).is_none(),
+        "no tag written"
+    );
+}
+
+/// Item 2a: a 429 on the upstream manifest GET during a copy trips the upstream's
+/// breaker, not the cache's, although crane's message names both.
+#[test]
+fn an_upstream_rate_limit_during_a_copy_trips_the_upstream_not_the_cache() {
+    let Some(p) = pair() else { return };
+    let other = Registry::start(&p.tools);
+    let up = p.upstream.host();
+    for (registry, repo) in [(&up, "app/a"), (&up, "app/b"), (&other.host(), "app/c")] {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            repo,
+            &format!("{registry}/{repo}:1"),
+            Format::Oci,
+        );
+    }
+    let limited = FaultProxy::start(up.clone())
+        .rule(Rule::new("GET", "/manifests/").respond(Fault::too_many_requests()));
+    let images = [
+        (format!("{}/app/a", limited.host()), "1"),
+        (format!("{}/app/b", limited.host()), "1"),
+        (format!("{}/app/c", other.host()), "1"),
+    ];
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &images,
+            "  concurrency: 1\n  check_concurrency: 1\n",
+        ))
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed", "failed", "pulled"]);
+    assert!(
+        error_of(&run, 0).starts_with("rate limited: crane copy"),
+        "{}",
+        error_of(&run, 0)
+    );
+    assert!(
+        error_of(&run, 1).starts_with(&format!("skipped: {} rate limited", limited.host())),
+        "{}",
+        error_of(&run, 1)
+    );
+    assert!(
+        !run.stderr.contains(&format!("skipped: {}", p.cache.host())),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        limited.count("GET", "/manifests/"),
+        3,
+        "crane's own three tries, once"
+    );
+    assert_eq!(
+        p.upstream.counts().manifest_gets,
+        0,
+        "every GET was answered by the proxy"
+    );
+}
+
+/// Item 2b: when the copy reaches the cache by its IP literal (a listed cache name and a
+/// verified HTTPS upstream), a cache that rate limits the upload trips the cache, not the
+/// upstream.
+#[test]
+fn a_cache_refusing_uploads_at_its_address_trips_the_cache_not_the_upstream() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let Some(tls) = TlsRegistry::start(&tools) else {
+        return;
+    };
+    let cache = Registry::start(&tools);
+    for repo in ["app/a", "app/b"] {
+        tls.push_trusted(
+            &tools,
+            Kind::Single,
+            repo,
+            &format!("{}/{repo}:1", tls.host()),
+        );
+    }
+    let cache_proxy = FaultProxy::start(cache.host())
+        .rule(Rule::new("POST", "/blobs/uploads/").respond(Fault::too_many_requests()));
+    let cache_host = format!("{}:{}", tls.name(), cache_proxy.port());
+    let images = [
+        (format!("{}/app/a", tls.host()), "1"),
+        (format!("{}/app/b", tls.host()), "1"),
+    ];
+    let run = ImageSync::new()
+        .config(&yaml(
+            &cache_host,
+            &images,
+            &format!("  concurrency: 1\n  check_concurrency: 1\n  insecure_registries: [\"{cache_host}\"]\n"),
+        ))
+        .env("SSL_CERT_FILE", tls.ca_cert_path())
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed", "failed"]);
+    let first = error_of(&run, 0);
+    assert!(first.starts_with("rate limited: crane copy"), "{first}");
+    assert!(
+        first.contains(&format!("POST http://127.0.0.1:{}", cache_proxy.port())),
+        "by literal: {first}"
+    );
+    let second = error_of(&run, 1);
+    assert!(
+        second.starts_with(&format!("skipped: {cache_host} rate limited")),
+        "{second}"
+    );
+    assert!(
+        !run.stderr.contains(&format!("skipped: {}", tls.host())),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(tls.counts().manifest_gets, 1, "one copy started, one pull");
+}
+
+/// Syncs one image into a cache behind a token gate, with the copy slowed down past the
+/// token's life so that the verification after it needs a new token. Returns the run
+/// and image-sync's own traffic to the gate: (token fetches, 401 answers to its HEADs).
+fn sync_through_token_gate(auth: TokenAuth) -> Option<(Outcome, (usize, usize))> {
+    let p = pair()?;
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "token-cache",
+        &format!("{up}/app/tok:1"),
+        Format::Oci,
+    );
+    let gate = FaultProxy::start_with_tokens(p.cache.host(), auth)
+        .rule(Rule::new("PUT", "/manifests/").respond(Fault::delay_ms(3_000)));
+    let run = ImageSync::new()
+        .config(&yaml(&gate.host(), &[(format!("{up}/app/tok"), "1")], ""))
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["attempts"], 1, "a new token is not a retry");
+    assert_eq!(p.upstream.counts().manifest_gets, 1);
+    let ours: Vec<_> = gate
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.user_agent.starts_with("image-sync/"))
+        .collect();
+    let tokens = ours
+        .iter()
+        .filter(|seen| seen.path.starts_with("/token"))
+        .count();
+    let challenged = ours
+        .iter()
+        .filter(|seen| seen.method == "HEAD" && seen.status == Some(401))
+        .count();
+    Some((run, (tokens, challenged)))
+}
+
+/// Item 3a: a token is not used past its `expires_in`: the check after a long copy
+/// fetches a new one without being refused first.
+#[test]
+fn a_token_past_its_lifetime_is_renewed_before_use() {
+    let Some((_, traffic)) = sync_through_token_gate(TokenAuth {
+        expires_in: Some(2),
+        valid_for: Duration::from_secs(2),
+    }) else {
+        return;
+    };
+    assert_eq!(traffic, (2, 1), "one challenge, then a token per lifetime");
+}
+
+/// Item 3b: a registry that revokes a token before the lifetime it announced answers
+/// 401 with a challenge: the check fetches a fresh token once and goes on.
+#[test]
+fn a_token_refused_with_a_challenge_is_refreshed_once() {
+    let Some((_, traffic)) = sync_through_token_gate(TokenAuth {
+        expires_in: Some(300),
+        valid_for: Duration::from_secs(2),
+    }) else {
+        return;
+    };
+    assert_eq!(
+        traffic,
+        (2, 2),
+        "the first challenge, and one after revocation"
+    );
+}
+
+/// Item 3c: concurrent checks of one repository share one token fetch, and a host whose
+/// auth is known gets its token before the first request (no 401 round trip).
+#[test]
+fn concurrent_checks_of_one_repository_share_one_token() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let tags = ["1", "2", "3", "4", "5", "6"];
+    for tag in tags {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            tag,
+            &format!("{up}/app/many:{tag}"),
+            Format::Oci,
+        );
+    }
+    let gate = FaultProxy::start_with_tokens(
+        up.clone(),
+        TokenAuth {
+            expires_in: None,
+            valid_for: Duration::from_secs(300),
+        },
+    );
+    let images: Vec<(String, &str)> = tags
+        .iter()
+        .map(|tag| (format!("{}/app/many", gate.host()), *tag))
+        .collect();
+    let run = ImageSync::new()
+        .config(&yaml(&p.cache.host(), &images, "  check_concurrency: 6\n"))
+        .arg("--dry-run")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), vec!["would_pull"; 6]);
+    let tokens = gate
+        .requests()
+        .into_iter()
+        .filter(|seen| {
+            seen.user_agent.starts_with("image-sync/") && seen.path.starts_with("/token")
+        })
+        .count();
+    assert_eq!(
+        tokens,
+        1,
+        "one token for the repository: {:?}",
+        gate.requests()
+    );
+    assert_eq!(finished(&run, "processes"), 0);
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
+
+/// Item 4: a HEAD without `Docker-Content-Digest` makes every check there a GET: counted
+/// per image (`check_gets`), warned once per host, done by image-sync itself.
+#[test]
+fn a_head_without_a_digest_costs_one_reported_get_and_one_warning() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    for repo in ["app/x", "app/y", "app/z"] {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            repo,
+            &format!("{up}/{repo}:1"),
+            Format::Oci,
+        );
+    }
+    let proxy = FaultProxy::start(up.clone());
+    let images: Vec<(String, &str)> = ["app/x", "app/y", "app/z"]
+        .iter()
+        .map(|repo| (format!("{}/{repo}", proxy.host()), "1"))
+        .collect();
+    let config = yaml(&p.cache.host(), &images, "  check_concurrency: 1\n");
+    ImageSync::new().config(&config).run().expect_code(0);
+    proxy.add_rule(Rule::new("HEAD", "/manifests/").respond(Fault::StripDigest));
+    let before = p.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), vec!["already_cached"; 3]);
+    let spent = p.upstream.counts() - before;
+    assert_eq!(
+        (spent.manifest_heads, spent.manifest_gets),
+        (1, 3),
+        "the host is remembered"
+    );
+    for index in 0..3 {
+        assert_eq!(run.result(index)["check_gets"], 1);
+        assert_eq!(run.result(index)["tool"], "image-sync");
+    }
+    assert_eq!(
+        run.stderr.matches("without Docker-Content-Digest").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(finished(&run, "processes"), 0, "not handed to crane");
+}
+
+/// Item 5: copies that reach a basic-auth cache by its IP literal (a listed cache name
+/// and a verified HTTPS upstream) carry the cache's credentials, through a private config
+/// for crane that is removed afterwards; none is printed.
+#[test]
+fn a_basic_auth_cache_reached_by_its_address_gets_its_credentials() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let Some(tls) = TlsRegistry::start(&tools) else {
+        return;
+    };
+    let cache = Registry::start_with_auth(&tools, "writer", "cache-s3cret");
+    tls.push_trusted(
+        &tools,
+        Kind::MultiArch,
+        "auth-literal",
+        &format!("{}/app/lit:1", tls.host()),
+    );
+    let cache_host = format!("{}:{}", tls.name(), cache.port());
+    let auth_dir = tempfile::tempdir().expect("dir");
+    write_docker_config(auth_dir.path(), &cache_host, "writer", "cache-s3cret");
+    let config = yaml(
+        &cache_host,
+        &[(format!("{}/app/lit", tls.host()), "1")],
+        &format!("  insecure_registries: [\"{cache_host}\"]\n"),
+    );
+    let run = ImageSync::new()
+        .config(&config)
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .env("SSL_CERT_FILE", tls.ca_cert_path())
+        .env("RUST_LOG", "image_sync=debug")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["tool"], "crane");
+    assert!(
+        run.stderr
+            .contains(&format!("127.0.0.1:{}/app/lit:1", cache.port())),
+        "crane copied to the literal: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cache-s3cret") && !run.stdout.contains("cache-s3cret"));
+    assert_eq!(
+        tls.counts().manifest_gets,
+        3,
+        "index and two platforms, once"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("image-sync-auth-")
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the private config is removed: {leftovers:?}"
+    );
+}
+
+/// Item 6: a credential helper and `REGISTRY_AUTH_FILE` are found as crane finds them, by
+/// image-sync's own check (no crane process).
+#[test]
+fn credential_helpers_and_the_registry_auth_file_are_found_like_crane() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let upstream = Registry::start_with_auth(&tools, "reader", "helper-s3cret");
+    let cache = Registry::start(&tools);
+    let up = upstream.host();
+    let dir = tempfile::tempdir().expect("dir");
+    write_docker_config(dir.path(), &up, "reader", "helper-s3cret");
+    let auth_file = dir.path().join("auth.json");
+    std::fs::rename(dir.path().join("config.json"), &auth_file).expect("rename");
+    image::OciLayout::new(Kind::Single, "helper", 64).push_with_authfile(
+        &tools,
+        &format!("{up}/app/helped:1"),
+        &auth_file,
+    );
+    let config = yaml(&cache.host(), &[(format!("{up}/app/helped"), "1")], "");
+
+    // A helper named in credHelpers, found on PATH.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let asked = dir.path().join("asked");
+    write_script(
+        &bin.join("docker-credential-itest"),
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"reader\",\"Secret\":\"helper-s3cret\"}}' \"$server\"\n",
+            asked.display()
+        ),
+    );
+    let docker_dir = dir.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    std::fs::write(
+        docker_dir.join("config.json"),
+        serde_json::json!({"credHelpers": {up.clone(): "itest"}}).to_string(),
+    )
+    .expect("config");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = ImageSync::new()
+        .config(&config)
+        .arg("--dry-run")
+        .env("PATH", &path)
+        .env("HOME", dir.path())
+        .env("DOCKER_CONFIG", &docker_dir)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["would_pull"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["tool"], "image-sync");
+    let asked = std::fs::read_to_string(&asked).expect("the helper was asked");
+    assert!(asked.lines().all(|line| line.starts_with(&up)), "{asked}");
+    assert!(!asked.is_empty());
+    assert!(!run.stderr.contains("helper-s3cret"));
+
+    // REGISTRY_AUTH_FILE, when no Docker config exists.
+    let run = ImageSync::new()
+        .config(&config)
+        .arg("--dry-run")
+        .env("HOME", dir.path())
+        .env("REGISTRY_AUTH_FILE", &auth_file)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["would_pull"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["tool"], "image-sync");
+    assert_eq!(finished(&run, "processes"), 0);
+    assert_eq!(upstream.counts().manifest_gets, 0, "checks are HEADs");
+}
+
+/// Item 7a: a temporary DNS failure (SERVFAIL: EAI_AGAIN) is retried and trips no
+/// breaker; NXDOMAIN is an answer: final, and the host's other images are skipped.
+#[test]
+fn a_temporary_dns_failure_is_retried_and_nxdomain_is_final() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "dns",
+        &format!("{up}/app/fine:1"),
+        Format::Oci,
+    );
+    let dns = FailingDns::start();
+    let images = [
+        ("servfail.test:5000/app/one".to_owned(), "1"),
+        ("servfail.test:5000/app/two".to_owned(), "1"),
+        ("gone.test:5000/app/three".to_owned(), "1"),
+        ("gone.test:5000/app/four".to_owned(), "1"),
+        (format!("{up}/app/fine"), "1"),
+    ];
+    let runner = ImageSync::new().config(&yaml(
+        &p.cache.host(),
+        &images,
+        "  retries: 1\n  check_concurrency: 1\n  check_timeout_secs: 10\n",
+    ));
+    let run = outcome(
+        dns.wrap(&runner.command())
+            .output()
+            .expect("run under unshare"),
+    );
+    run.expect_code(1);
+    assert_eq!(
+        run.actions(),
+        ["failed", "failed", "failed", "failed", "pulled"]
+    );
+    for index in 0..2 {
+        let error = error_of(&run, index);
+        assert!(error.contains("temporary DNS failure"), "{error}");
+        assert_eq!(run.result(index)["attempts"], 2, "retried: {error}");
+    }
+    let nxdomain = error_of(&run, 2);
+    assert!(
+        nxdomain.starts_with("unreachable:") && nxdomain.contains("no such host"),
+        "{nxdomain}"
+    );
+    assert_eq!(run.result(2)["attempts"], 1);
+    assert!(
+        error_of(&run, 3).starts_with("skipped: gone.test:5000 unreachable"),
+        "{}",
+        error_of(&run, 3)
+    );
+    assert!(
+        dns.queries() > 0,
+        "lookups went to the failing server ({})",
+        dns.resolv_conf().display()
+    );
+    assert_eq!(
+        p.upstream.counts().manifest_gets,
+        1,
+        "only the fine image was copied"
+    );
+}
+
+/// Item 7b: a local error of crane's (it cannot read the credentials file) is not the
+/// registry's `DENIED`: the next attempt goes to skopeo, and `attempts` counts both.
+#[test]
+fn a_local_permission_error_is_local_and_the_next_attempt_uses_skopeo() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "local",
+        &format!("{up}/app/local:1"),
+        Format::Oci,
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let docker_dir = dir.path().join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    std::fs::set_permissions(&docker_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config_json = docker_dir.join("config.json");
+    std::fs::write(&config_json, "{}").expect("config");
+    std::fs::set_permissions(&config_json, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The real crane, run as nobody: the root-only credentials file is out of its reach.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    write_script(
+        &bin.join("crane"),
+        &format!(
+            "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {} \"$@\"\n",
+            p.tools.crane.display()
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{up}/app/local"), "1")],
+            "",
+        ))
+        .env("PATH", &path)
+        .env("DOCKER_CONFIG", &docker_dir)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(run.result(0)["tool"], "skopeo");
+    assert_eq!(run.result(0)["attempts"], 2, "crane, then skopeo");
+    assert!(
+        run.stderr.contains("crane failed on this machine"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("permission denied"), "{}", run.stderr);
+    assert!(!run.stderr.contains("error=denied"), "{}", run.stderr);
+    assert!(
+        p.upstream.counts().manifest_gets <= 2,
+        "{:?}",
+        p.upstream.requests()
+    );
+}
+
+/// Item 8: `check_timeout_secs` bounds the whole check: the HTTPS probe and the plain
+/// HTTP attempt of a loopback host share it.
+#[test]
+fn one_deadline_covers_every_scheme_of_a_check() {
+    let Some(p) = pair() else { return };
+    let hung = HungSocket::start();
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{}/app/hung", hung.host()), "1")],
+            "  retries: 0\n  check_timeout_secs: 3\n",
+        ))
+        .run();
+    run.expect_code(1);
+    let error = error_of(&run, 0);
+    assert!(
+        error.starts_with("timed out after 3 s: HEAD http://"),
+        "both schemes were tried within the one deadline: {error}"
+    );
+    let took = run.result(0)["duration_ms"].as_u64().expect("duration");
+    assert!(
+        (2_900..4_500).contains(&took),
+        "bounded by the check timeout: {took} ms"
+    );
+}
+
+/// `digest_check: crane` makes every check a `crane digest` process, as the design card
+/// draws the pipeline.
+#[test]
+fn digest_check_crane_runs_crane_for_every_check() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    for repo in ["app/c1", "app/c2"] {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            repo,
+            &format!("{up}/{repo}:1"),
+            Format::Oci,
+        );
+    }
+    let images = [(format!("{up}/app/c1"), "1"), (format!("{up}/app/c2"), "1")];
+    let config = yaml(&p.cache.host(), &images, "  digest_check: crane\n");
+    ImageSync::new().config(&config).run().expect_code(0);
+    let before = p.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["already_cached", "already_cached"]);
+    assert_eq!(run.result(0)["tool"], "crane");
+    assert_eq!(
+        finished(&run, "processes"),
+        5,
+        "the cache probe and two checks per image"
+    );
+    let spent = p.upstream.counts() - before;
+    assert_eq!((spent.manifest_heads, spent.manifest_gets), (2, 0));
+}
+
+/// Item 9: a redirect from a host listed as insecure is not followed to another host by
+/// image-sync's own client (crane, which the check is then handed to, is the reference).
+#[test]
+fn redirects_from_a_listed_host_stay_on_that_host() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "redirect",
+        &format!("{up}/app/moved:1"),
+        Format::Oci,
+    );
+    let elsewhere = FaultProxy::start(up.clone());
+    let listed = FaultProxy::start(up.clone()).rule(Rule::new("HEAD", "/manifests/").respond(
+        Fault::status(307).header(
+            "Location",
+            &format!("http://{}/v2/app/moved/manifests/1", elsewhere.host()),
+        ),
+    ));
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{}/app/moved", listed.host()), "1")],
+            &format!("  insecure_registries: [\"{}\"]\n", listed.host()),
+        ))
+        .arg("--dry-run")
+        .run();
+    run.expect_code(0);
+    let followed: Vec<_> = elsewhere
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.user_agent.starts_with("image-sync/"))
+        .collect();
+    assert!(
+        followed.is_empty(),
+        "image-sync followed the redirect: {followed:?}"
+    );
+    assert_eq!(
+        listed.count("HEAD", "/manifests/"),
+        2,
+        "image-sync's HEAD, then crane's"
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
