@@ -33,6 +33,15 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub deadline: Option<u64>,
 
+    /// Write the run's metrics (Prometheus text format) to this file, atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Push the run's metrics to this Pushgateway (`http://host:9091`; overrides
+    /// `settings.pushgateway`). A failed push is a warning, never a failed run.
+    #[arg(long, value_name = "URL", env = "IMAGE_SYNC_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

@@ -61,6 +61,44 @@ pub struct RawSettings {
     pub insecure_registries: Vec<String>,
     /// Who reads digests: `builtin` (default) or `crane`.
     pub digest_check: Option<crate::registry::DigestCheck>,
+    /// Pulls kept in reserve per metered registry: a count, or a percentage of the
+    /// reported limit (`"10%"`, the default); `0` turns it off.
+    pub quota_reserve: Option<RawReserve>,
+    /// A Pushgateway to push the run's metrics to (`http://host:9091`).
+    pub pushgateway: Option<String>,
+}
+
+/// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawReserve {
+    /// A count of pulls.
+    Pulls(u64),
+    /// Text to resolve (`"10%"`, or a number in quotes).
+    Text(String),
+}
+
+impl<'de> serde::Deserialize<'de> for RawReserve {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawReserve;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of pulls or a percentage like \"10%\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawReserve, E> {
+                Ok(RawReserve::Pulls(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawReserve, E> {
+                u64::try_from(value)
+                    .map(RawReserve::Pulls)
+                    .map_err(|_| E::custom("a reserve cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawReserve, E> {
+                Ok(RawReserve::Text(value.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A config file that could not be read or parsed.

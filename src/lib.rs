@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod exit;
 pub mod logging;
+pub mod metrics;
 pub mod plan;
 pub mod process;
 pub mod reference;
@@ -52,7 +53,7 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::IMAGES_FAILED;
         }
     };
-    runtime.block_on(sync_and_report(&plan, cli.dry_run))
+    runtime.block_on(sync_and_report(&plan, cli))
 }
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
@@ -64,7 +65,10 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
+async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
+    let dry_run = cli.dry_run;
+    let started_at = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
@@ -74,16 +78,38 @@ async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
             tls_policy(plan).await,
             plan.settings.digest_check,
             &plan.cache_host,
+            plan.settings.quota_reserve,
         )
         .await,
     );
     announce(plan, &toolbox, dry_run);
 
     let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    sync::refresh_quota(plan, &toolbox, &cancel).await;
+    let ledger = toolbox.ledger();
+    let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
     // Closes pooled connections, so that the descriptors counted below are leaks only.
     drop(toolbox);
-    let report = Report::new(&plan.cache_registry, dry_run, results);
+    let mut report = Report::new(&plan.cache_registry, dry_run, results);
+    report.quota = quota;
     report.print(&mut std::io::stdout().lock());
+    for (registry, (heads, gets)) in &requests {
+        match report.quota.get(registry) {
+            Some(quota) => tracing::info!(
+                registry = %registry,
+                manifest_heads = heads,
+                manifest_gets = gets,
+                limit = quota.limit,
+                remaining_at_start = quota.remaining_at_start,
+                remaining_at_end = quota.remaining_at_end,
+                reserve = quota.reserve,
+                "upstream quota"
+            ),
+            None => {
+                tracing::info!(registry = %registry, manifest_heads = heads, manifest_gets = gets, "upstream requests (no rate limit reported)")
+            }
+        }
+    }
     tracing::info!(
         pulled = report.summary.pulled,
         already_cached = report.summary.already_cached,
@@ -97,8 +123,24 @@ async fn sync_and_report(plan: &Plan, dry_run: bool) -> u8 {
         live_children = resources::live_children().unwrap_or(0),
         "run finished"
     );
-    signals::interrupted_exit_code()
-        .unwrap_or_else(|| exit::for_report(&report, plan.settings.skip_on_error))
+    let code = signals::interrupted_exit_code()
+        .unwrap_or_else(|| exit::for_report(&report, plan.settings.skip_on_error));
+    let figures = metrics::RunFigures {
+        report: &report,
+        exit_code: code,
+        started: started_at,
+        duration: started.elapsed(),
+        requests,
+        limits,
+    };
+    let pushgateway = cli
+        .pushgateway
+        .as_deref()
+        .or(plan.settings.pushgateway.as_deref())
+        // An empty variable (an empty ConfigMap key) means "not set".
+        .filter(|url| !url.trim().is_empty());
+    metrics::publish(&figures, cli.metrics_file.as_deref(), pushgateway).await;
+    code
 }
 
 /// The TLS policy, with the cache's address when a listed cache host resolves to an

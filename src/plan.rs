@@ -9,8 +9,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{RawConfig, RawImage, RawSettings};
+use crate::config::{RawConfig, RawImage, RawReserve, RawSettings};
 use crate::reference::{self, Repository, Tag, shorten};
+use crate::registry::quota::Reserve;
 
 /// Default number of images processed at once.
 pub const DEFAULT_CONCURRENCY: usize = 2;
@@ -83,6 +84,10 @@ pub struct Settings {
     pub insecure_registries: BTreeSet<String>,
     /// Who reads digests.
     pub digest_check: crate::registry::DigestCheck,
+    /// Pulls kept in reserve per metered registry.
+    pub quota_reserve: crate::registry::quota::Reserve,
+    /// Where to push the run's metrics, from the config (the command line may override).
+    pub pushgateway: Option<String>,
 }
 
 /// One thing wrong with the config.
@@ -283,6 +288,20 @@ fn resolve_settings(
             }
         }
     }
+    let quota_reserve = match resolve_reserve(raw.quota_reserve.as_ref()) {
+        Ok(reserve) => reserve,
+        Err(message) => {
+            problem("settings.quota_reserve".to_owned(), message);
+            ok = false;
+            crate::registry::quota::Reserve::default()
+        }
+    };
+    if let Some(url) = &raw.pushgateway {
+        if let Err(message) = check_pushgateway(url) {
+            problem("settings.pushgateway".to_owned(), message);
+            ok = false;
+        }
+    }
     ok.then(|| Settings {
         concurrency: usize::try_from(concurrency).unwrap_or(DEFAULT_CONCURRENCY),
         check_concurrency: usize::try_from(check_concurrency).unwrap_or(DEFAULT_CHECK_CONCURRENCY),
@@ -293,7 +312,62 @@ fn resolve_settings(
         skip_on_error: raw.skip_on_error.unwrap_or(false),
         insecure_registries,
         digest_check: raw.digest_check.unwrap_or_default(),
+        quota_reserve,
+        pushgateway: raw.pushgateway.clone(),
     })
+}
+
+/// `settings.quota_reserve`: pulls (at most a million) or `N%` with N from 0 to 100.
+fn resolve_reserve(raw: Option<&RawReserve>) -> Result<Reserve, String> {
+    const MAX_PULLS: u64 = 1_000_000;
+    let pulls = |count: u64| {
+        if count <= MAX_PULLS {
+            Ok(Reserve::Pulls(count))
+        } else {
+            Err(format!("is {count}; at most {MAX_PULLS} pulls"))
+        }
+    };
+    match raw {
+        None => Ok(Reserve::default()),
+        Some(RawReserve::Pulls(count)) => pulls(*count),
+        Some(RawReserve::Text(text)) => {
+            let trimmed = text.trim();
+            match trimmed.strip_suffix('%') {
+                Some(percent) => match percent.trim().parse::<u8>() {
+                    Ok(percent) if percent <= 100 => Ok(Reserve::Percent(percent)),
+                    _ => Err(format!(
+                        "`{}` is not a percentage from 0% to 100%",
+                        shorten(text)
+                    )),
+                },
+                None => trimmed
+                    .parse()
+                    .map_err(|_| {
+                        format!(
+                            "`{}` is neither a number of pulls nor a percentage like \"10%\"",
+                            shorten(text)
+                        )
+                    })
+                    .and_then(pulls),
+            }
+        }
+    }
+}
+
+/// `settings.pushgateway`: an `http(s)://` URL without credentials.
+fn check_pushgateway(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| format!("`{}` is not a URL", shorten(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "`{}` must be an http:// or https:// URL",
+            shorten(url)
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials (they would show in logs)".to_owned());
+    }
+    Ok(())
 }
 
 fn resolve_image(
@@ -391,6 +465,52 @@ mod tests {
         assert_eq!(plan.settings.pull_timeout, Duration::from_secs(300));
         assert_eq!(plan.settings.check_timeout, Duration::from_secs(30));
         assert!(!plan.settings.skip_on_error);
+    }
+
+    #[test]
+    fn quota_reserves_and_pushgateways_are_validated() {
+        let with = |settings: &str| {
+            plan(&format!(
+                "cache_registry: c:5000\nimages:\n  - {{source: nginx, tag: x}}\nsettings:\n{settings}"
+            ))
+        };
+        let reserve = |settings: &str| with(settings).expect("valid").settings.quota_reserve;
+        assert_eq!(reserve("  retries: 1\n"), Reserve::Percent(10));
+        assert_eq!(reserve("  quota_reserve: 5\n"), Reserve::Pulls(5));
+        assert_eq!(reserve("  quota_reserve: \"5\"\n"), Reserve::Pulls(5));
+        assert_eq!(reserve("  quota_reserve: \"25%\"\n"), Reserve::Percent(25));
+        assert_eq!(reserve("  quota_reserve: 0\n"), Reserve::Pulls(0));
+        for bad in ["\"110%\"", "\"ten\"", "\"-5%\"", "2000000"] {
+            let problems = problems(&format!(
+                "cache_registry: c:5000\nimages:\n  - {{source: nginx, tag: x}}\nsettings:\n  quota_reserve: {bad}\n"
+            ));
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("settings.quota_reserve: ")),
+                "{bad}: {problems:?}"
+            );
+        }
+        assert_eq!(
+            with("  pushgateway: \"http://pg:9091\"\n")
+                .expect("valid")
+                .settings
+                .pushgateway
+                .as_deref(),
+            Some("http://pg:9091")
+        );
+        for bad in ["ftp://pg", "not a url", "http://user:pw@pg:9091"] {
+            let problems = problems(&format!(
+                "cache_registry: c:5000\nimages:\n  - {{source: nginx, tag: x}}\nsettings:\n  pushgateway: \"{bad}\"\n"
+            ));
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("settings.pushgateway: ")),
+                "{bad}: {problems:?}"
+            );
+            assert!(!problems.iter().any(|p| p.contains("pw@")), "{problems:?}");
+        }
     }
 
     #[test]

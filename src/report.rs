@@ -1,11 +1,13 @@
 //! The JSON report printed on stdout: the seed's contract, plus `dry_run`, `would_pull`
 //! and the tool per result. Field names are public: add, never rename.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde::Serialize;
 
 use crate::registry::Tool;
+use crate::registry::quota::QuotaReport;
 
 /// What happened to one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,6 +93,9 @@ pub struct Report {
     pub cache_registry: String,
     /// Counts by action.
     pub summary: Summary,
+    /// The pull quota of every upstream registry that reported one (rate-limit headers),
+    /// keyed by the registry as the config names it after normalisation (`docker.io`).
+    pub quota: BTreeMap<String, QuotaReport>,
     /// One entry per image, in config order.
     pub results: Vec<ImageResult>,
 }
@@ -116,6 +121,7 @@ impl Report {
             dry_run,
             cache_registry: cache_registry.to_owned(),
             summary,
+            quota: BTreeMap::new(),
             results,
         }
     }

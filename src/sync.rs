@@ -86,11 +86,16 @@ impl Context {
                     outcome: Err(skipped),
                     tries: 0,
                     gets: 0,
+                    children: None,
                 };
             }
             let result = run(previous.take()).await;
             tally.extra += result.tries.saturating_sub(1) + u32::from(retry > 0);
             tally.gets += result.gets;
+            if result.outcome.is_err() {
+                // A failed copy of an index spent a GET on each child it got to.
+                tally.gets += result.children.unwrap_or(0);
+            }
             let Err(failure) = &result.outcome else {
                 return result;
             };
@@ -249,6 +254,20 @@ async fn preflight(plan: &Plan, context: &Context) {
     }
 }
 
+/// One free HEAD per metered upstream registry this run copied from, so that the report's
+/// `remaining_at_end` is what the registry says after the last pull.
+pub async fn refresh_quota(plan: &Plan, toolbox: &Toolbox, cancel: &Cancel) {
+    for registry in toolbox.ledger().to_refresh() {
+        if let Some(job) = plan.jobs.iter().find(|job| job.source.host() == registry) {
+            let mut cancelled = cancel.clone();
+            tokio::select! {
+                () = toolbox.read_quota(&job.source, &job.tag, plan.settings.check_timeout) => {}
+                _ = cancelled.wait_for(|cancelled| *cancelled) => return,
+            }
+        }
+    }
+}
+
 /// One image: upstream digest, cache digest, decide, copy, verify.
 async fn sync_image(
     job: &Job,
@@ -334,6 +353,10 @@ async fn copy_and_verify(
         return outcome.deferred(&reason);
     }
     let toolbox = &context.toolbox;
+    let ticket = match toolbox.ledger().admit(job.source.host()) {
+        Ok(ticket) => ticket,
+        Err(deferral) => return outcome.held_back(&deferral.to_string()),
+    };
     let hosts = [job.source.host(), job.target.host()];
     let pull_timeout = context.settings.pull_timeout;
     let mut tally = Tally::default();
@@ -354,22 +377,30 @@ async fn copy_and_verify(
         .await;
     outcome.attempts += tally.extra;
     outcome.tool = copied.tool;
+    let spent_before_verification = tally.gets;
+    let settle = |children: u32| {
+        let gets = spent_before_verification + children;
+        toolbox.ledger().count(job.source.host(), 0, gets);
+        toolbox.ledger().settle(ticket, gets);
+    };
     if let Err(failure) = copied.outcome {
+        settle(0);
         return outcome.failed(copied.tool, &failure);
     }
     let mut tally = Tally::default();
     let verified = context
         .step(&[job.target.host()], true, &mut tally, |_| {
-            toolbox.digest(
+            toolbox.verify(
                 &job.target,
                 &job.tag,
-                Side::Cache,
                 context.settings.check_timeout,
                 &context.cancel,
             )
         })
         .await;
     outcome.attempts += tally.extra;
+    // Every child of an index was one GET upstream; the copy in the cache lists them.
+    settle(verified.children.or(copied.children).unwrap_or_default());
     let drift = match verified.outcome {
         Ok(now) if now == *remote => None,
         Ok(now) => Some(Failure::new(
@@ -378,6 +409,7 @@ async fn copy_and_verify(
                 "the cache holds {now} after copying {remote}: the copy converted the format or kept one platform, or the cache rewrote the manifest"
             ),
         )),
+        Err(failure) if failure.class == Class::DigestDrift => Some(failure),
         Err(failure) => Some(Failure {
             message: format!("cannot verify the copy: {}", failure.message),
             ..failure
@@ -429,6 +461,12 @@ impl<'a> Outcome<'a> {
         self.tool = tool.or(self.tool);
         tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
         self.into_result(Action::Failed, Some(failure.to_string()))
+    }
+
+    /// Not started, for a reason that is the whole error (`quota reserve: ...`).
+    fn held_back(self, error: &str) -> ImageResult {
+        tracing::warn!(image = %self.job.image, tag = %self.job.tag, action = "deferred", error, "image deferred");
+        self.into_result(Action::Deferred, Some(error.to_owned()))
     }
 
     fn deferred(self, reason: &str) -> ImageResult {

@@ -18,6 +18,7 @@ use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
 use super::auth::{self, Challenge, TokenResponse, Tokens};
 use super::credentials::{Basic, Keyring, Lookup};
 use super::failure::{Class, Failure, Side};
+use super::quota::{self, Ledger};
 use crate::reference::{DOCKER_HUB, Digest, Repository, Tag};
 use crate::tls::{TlsPolicy, crane_speaks_http};
 
@@ -43,6 +44,9 @@ pub enum Checked {
         digest: Digest,
         /// Manifest GETs sent (0 when a HEAD answered).
         gets: u32,
+        /// How many manifests an index lists (0 for an image manifest), when the body was
+        /// read.
+        children: Option<u32>,
     },
     /// A failure the registry (or the network) made clear.
     Failed(Failure),
@@ -89,6 +93,18 @@ enum Attempt {
     WrongScheme(Checked),
 }
 
+/// What a check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The digest: a HEAD (a GET only where HEAD gives none).
+    Digest,
+    /// The manifest itself: a GET (for a cache, where GETs cost no quota), so that the
+    /// children of an index are known.
+    Manifest,
+    /// The response headers of a HEAD (the quota): never a GET.
+    Headers,
+}
+
 /// The credentials a request carries.
 enum Auth {
     Bearer(String),
@@ -102,6 +118,7 @@ pub struct Client {
     /// `--insecure`), and redirects only to the same host.
     listed_client: reqwest::Client,
     keyring: Arc<Keyring>,
+    ledger: Arc<Ledger>,
     tls: TlsPolicy,
     tokens: Tokens,
     hosts: Mutex<HashMap<String, HostFacts>>,
@@ -115,6 +132,7 @@ struct Check<'a> {
     credentials: Option<&'a Basic>,
     /// The whole check's bound, for messages.
     budget: Duration,
+    want: Want,
 }
 
 impl Check<'_> {
@@ -125,7 +143,7 @@ impl Check<'_> {
 
 impl Client {
     /// A client; `None` when no HTTP client can be built (crane does every check then).
-    pub fn new(tls: TlsPolicy, keyring: Arc<Keyring>) -> Option<Self> {
+    pub fn new(tls: TlsPolicy, keyring: Arc<Keyring>, ledger: Arc<Ledger>) -> Option<Self> {
         let builder = |same_host_redirects: bool| {
             reqwest::Client::builder()
                 .user_agent(concat!("image-sync/", env!("CARGO_PKG_VERSION")))
@@ -138,6 +156,7 @@ impl Client {
                 .build()
                 .ok()?,
             keyring,
+            ledger,
             tls,
             tokens: Tokens::default(),
             hosts: Mutex::new(HashMap::new()),
@@ -157,16 +176,18 @@ impl Client {
         }
     }
 
-    /// Reads the digest of `repository:tag` before `deadline`: one HEAD (plus a token
+    /// Reads the digest of `repository:tag` within `budget`: one HEAD (plus a token
     /// request the first time a repository needs one), or one GET on a host whose HEAD
-    /// gives no digest. The scheme follows crane: HTTPS, with plain HTTP as well for the
-    /// hosts crane speaks it to and those listed as insecure.
+    /// gives no digest or when `want` is the manifest. The scheme follows crane: HTTPS,
+    /// with plain HTTP as well for the hosts crane speaks it to and those listed as
+    /// insecure.
     pub async fn digest(
         &self,
         repository: &Repository,
         tag: &Tag,
         side: Side,
         budget: Duration,
+        want: Want,
     ) -> Checked {
         let deadline = Instant::now() + budget;
         let host = repository.host();
@@ -185,6 +206,7 @@ impl Client {
             side,
             credentials: credentials.as_ref(),
             budget,
+            want,
         };
         let candidates = self.schemes_for(host);
         let count = candidates.len();
@@ -266,7 +288,8 @@ impl Client {
             repository.path()
         );
         let facts = self.facts(host);
-        let mut use_get = facts.head_gives_no_digest;
+        let mut use_get = check.want == Want::Manifest
+            || (facts.head_gives_no_digest && check.want == Want::Digest);
         let mut auth = match (&facts.auth, check.credentials) {
             (Some(AuthKind::Bearer { realm, service }), _) => {
                 match self
@@ -315,6 +338,7 @@ impl Client {
                 gets += 1;
             }
             let status = response.status();
+            self.account(check, use_get, status, response.headers());
             // Go's HTTPS server answers a plain-HTTP request with a bare 400.
             if scheme == Scheme::Http && status == StatusCode::BAD_REQUEST {
                 return Attempt::WrongScheme(Checked::Delegate(format!(
@@ -330,7 +354,16 @@ impl Client {
                         .and_then(Digest::parse);
                     if !use_get {
                         if let Some(digest) = header {
-                            return Attempt::Answer(Checked::Digest { digest, gets });
+                            return Attempt::Answer(Checked::Digest {
+                                digest,
+                                gets,
+                                children: None,
+                            });
+                        }
+                        if check.want == Want::Headers {
+                            return Attempt::Answer(Checked::Delegate(format!(
+                                "{what}: no Docker-Content-Digest (headers read)"
+                            )));
                         }
                         self.no_digest_on_head(host);
                         use_get = true;
@@ -341,10 +374,14 @@ impl Client {
                             let digest = Digest::of_bytes(&body);
                             match header {
                                 Some(stated) if stated != digest => Checked::Failed(check.fail(
-                                    Class::Other,
-                                    format!("{what}: the registry says {stated} for a manifest whose digest is {digest}"),
+                                    Class::DigestDrift,
+                                    format!("{what}: the registry says it holds {stated}, but serves a manifest whose digest is {digest}"),
                                 )),
-                                _ => Checked::Digest { digest, gets },
+                                _ => Checked::Digest {
+                                    digest,
+                                    gets,
+                                    children: Some(children_of(&body)),
+                                },
                             }
                         }
                         None => {
@@ -435,6 +472,21 @@ impl Client {
         Attempt::Answer(Checked::Delegate(format!(
             "{url}: no answer after authenticating"
         )))
+    }
+
+    /// Counts an upstream manifest request and reads the quota its answer reports.
+    fn account(&self, check: &Check<'_>, get: bool, status: StatusCode, headers: &HeaderMap) {
+        if check.side != Side::Upstream {
+            return;
+        }
+        let registry = check.repository.host();
+        self.ledger.count(registry, u32::from(!get), u32::from(get));
+        if let Some((limit, source)) = quota::rate_limit(headers) {
+            self.ledger.observe(registry, limit, source);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.ledger.exhausted(registry);
+            }
+        }
     }
 
     fn no_digest_on_head(&self, host: &str) {
@@ -528,6 +580,18 @@ fn redirect_policy(same_host_only: bool) -> reqwest::redirect::Policy {
             attempt.follow()
         }
     })
+}
+
+/// How many manifests an index lists (0 for an image manifest or anything else).
+fn children_of(manifest: &[u8]) -> u32 {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Index>(manifest)
+        .map(|index| u32::try_from(index.manifests.len()).unwrap_or(u32::MAX))
+        .unwrap_or(0)
 }
 
 async fn read_manifest(response: reqwest::Response) -> Option<Vec<u8>> {
@@ -625,6 +689,7 @@ mod tests {
             side: Side::Upstream,
             credentials: None,
             budget: Duration::from_secs(1),
+            want: Want::Digest,
         }
     }
 

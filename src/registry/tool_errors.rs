@@ -378,9 +378,84 @@ pub fn crane_error_line(stderr: &str) -> String {
         .to_owned()
 }
 
-/// Whether crane's digest check fell back from a HEAD to a GET (a pull): it logs it.
-pub fn crane_fell_back_to_get(stderr: &str) -> bool {
-    stderr.contains("falling back on GET")
+/// What a tool run sent upstream, read from its output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Manifest HEADs.
+    pub heads: u32,
+    /// Manifest GETs (the top manifest's, with retries; an index's children not included).
+    pub gets: u32,
+    /// The child manifests of an index the tool reported handling (each one GET).
+    pub children: Option<u32>,
+}
+
+/// `crane digest`: one HEAD; when the HEAD fails crane logs it and GETs (a pull).
+pub fn crane_digest_spent(stderr: &str, _stdout: &[u8], _ok: bool) -> Spent {
+    Spent {
+        heads: 1,
+        gets: u32::from(stderr.contains("falling back on GET")),
+        children: None,
+    }
+}
+
+/// `skopeo inspect --raw`: one GET.
+pub fn skopeo_inspect_spent(_stderr: &str, _stdout: &[u8], _ok: bool) -> Spent {
+    Spent {
+        heads: 0,
+        gets: 1,
+        children: None,
+    }
+}
+
+/// `crane copy SRC@DIGEST DST`: the top manifest is one GET (crane logs each failed one it
+/// retried, `retrying GET .../manifests/...`, the last one included), then every child of an index is one GET, whether
+/// the destination has it or not. crane logs a child it pushed (`REPO@sha256:...:
+/// digest: ...`) or found (`existing manifest: sha256:...`); the caller counts children
+/// from the manifest itself where it can, as crane logs a child digest once.
+pub fn crane_copy_spent(stderr: &str, _stdout: &[u8], ok: bool) -> Spent {
+    let retried = stderr
+        .lines()
+        .filter(|line| line.contains("retrying GET") && line.contains("/manifests/"))
+        .count();
+    let children = stderr
+        .lines()
+        .filter(|line| {
+            line.contains("existing manifest: ")
+                || (line.contains("@sha256:") && line.contains(": digest: "))
+        })
+        .count();
+    // crane logs every failed GET it retries, the last one included; a GET that then
+    // succeeded is one more.
+    let top_fetched = ok || !crane_error_line(stderr).starts_with("fetching \"");
+    let gets = if top_fetched {
+        retried + 1
+    } else {
+        retried.max(1)
+    };
+    Spent {
+        heads: 0,
+        gets: u32::try_from(gets).unwrap_or(u32::MAX),
+        children: top_fetched.then(|| u32::try_from(children).unwrap_or(u32::MAX)),
+    }
+}
+
+/// `skopeo copy --all`: the top manifest is one GET, and an index's children one each,
+/// as `Copying N of M images in list` (on stdout) says.
+pub fn skopeo_copy_spent(_stderr: &str, stdout: &[u8], _ok: bool) -> Spent {
+    let stdout = String::from_utf8_lossy(stdout);
+    let children = stdout.lines().find_map(|line| {
+        line.strip_prefix("Copying ")?
+            .split(' ')
+            .next()?
+            .parse::<u32>()
+            .ok()
+            .filter(|_| line.contains("images in list"))
+    });
+    Spent {
+        heads: 0,
+        gets: 1,
+        children: Some(children.unwrap_or(0)),
+    }
 }
 
 /// The message of skopeo's `level=fatal msg="..."` line, or its last line.
@@ -733,13 +808,51 @@ mod tests {
     }
 
     #[test]
+    fn what_a_copy_sent_is_read_from_real_output() {
+        let crane_index = "2026/11/30 09:12:31 Copying from 127.0.0.1:5599/app/multi:1 to 127.0.0.1:5598/app/multi:1\n2026/11/30 09:12:32 127.0.0.1:5598/app/multi@sha256:fad8: digest: sha256:fad8 size: 422\n2026/11/30 09:12:32 127.0.0.1:5598/app/multi:1: digest: sha256:ba9f size: 541\n";
+        assert_eq!(
+            crane_copy_spent(crane_index, b"", true),
+            Spent {
+                heads: 0,
+                gets: 1,
+                children: Some(1)
+            }
+        );
+        let existing = "2026/11/30 09:12:36 existing manifest: sha256:fad8\n2026/11/30 09:12:36 127.0.0.1:5598/app/multi:2: digest: sha256:ba9f size: 541\n";
+        assert_eq!(crane_copy_spent(existing, b"", true).children, Some(1));
+        let limited = "2026/11/30 09:00:00 retrying GET http://up/v2/a/manifests/sha256:1: TOOMANYREQUESTS\n2026/11/30 09:00:01 retrying GET http://up/v2/a/manifests/sha256:1: TOOMANYREQUESTS\n2026/11/30 09:00:04 retrying GET http://up/v2/a/manifests/sha256:1: TOOMANYREQUESTS\nError: fetching \"up/a@sha256:1\": GET http://up/v2/a/manifests/sha256:1: TOOMANYREQUESTS: limit\n";
+        assert_eq!(
+            crane_copy_spent(limited, b"", false),
+            Spent {
+                heads: 0,
+                gets: 3,
+                children: None
+            }
+        );
+        let skopeo_list = b"Getting image list signatures\nCopying 2 of 2 images in list\nCopying image sha256:fad8 (1/2)\n";
+        assert_eq!(skopeo_copy_spent("", skopeo_list, true).children, Some(2));
+        assert_eq!(
+            skopeo_copy_spent("", b"Copying blob sha256:1\n", true).children,
+            Some(0)
+        );
+    }
+
+    #[test]
     fn error_lines_are_read_from_the_right_lines() {
         let stderr = "2026/11/27 12:00:00 HEAD request failed, falling back on GET: HEAD http://x: unexpected status code 404\nError: GET http://127.0.0.1:5000/v2/a/manifests/b: MANIFEST_UNKNOWN: manifest unknown; map[Tag:b]\n";
         assert_eq!(
             crane_error_line(stderr),
             "GET http://127.0.0.1:5000/v2/a/manifests/b: MANIFEST_UNKNOWN: manifest unknown; map[Tag:b]"
         );
-        assert!(crane_fell_back_to_get(stderr));
+        assert_eq!(crane_digest_spent(stderr, b"", false).gets, 1);
+        assert_eq!(
+            crane_digest_spent("", b"sha256:1", true),
+            Spent {
+                heads: 1,
+                gets: 0,
+                children: None
+            }
+        );
         assert_eq!(crane_error_line("panic: boom\n"), "panic: boom");
         assert_eq!(crane_error_line(""), "exited without a message");
         let stderr = "time=\"2026-11-27T12:00:00Z\" level=fatal msg=\"Error parsing image name \\\"docker://x\\\": reading manifest y in x: manifest unknown\"\n";

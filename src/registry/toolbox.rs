@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::client::Want;
 use super::client::{Checked, Client};
 use super::credentials::{Keyring, Lookup};
 use super::failure::{Class, Failure, Side};
-use super::tool_errors::{self, Ends, ToolExit};
+use super::quota::{Ledger, Reserve};
+use super::tool_errors::{self, Ends, Spent, ToolExit};
 use super::{crane, find_on_path, skopeo};
 use crate::process::{self, Cancel, CommandSpec, RunError};
 use crate::reference::{Digest, Repository, Tag};
@@ -66,8 +68,12 @@ pub struct Attempted<T> {
     pub outcome: Result<T, Failure>,
     /// Tool attempts made (the built-in client, crane and skopeo each count one).
     pub tries: u32,
-    /// Manifest GETs a check sent (pulls on Docker Hub); copies are not counted here.
+    /// Upstream manifest GETs sent (pulls on Docker Hub): a check's; for a copy, the top
+    /// manifest's (and its retries'), without the index's children.
     pub gets: u32,
+    /// The manifests an index lists: read from the manifest by a check that GETs it, or as
+    /// the copying tool reported handling them (`None`: not known).
+    pub children: Option<u32>,
 }
 
 impl<T> Attempted<T> {
@@ -77,6 +83,7 @@ impl<T> Attempted<T> {
             outcome,
             tries,
             gets: 0,
+            children: None,
         }
     }
 }
@@ -90,6 +97,7 @@ pub struct Toolbox {
     skopeo: Option<PathBuf>,
     tmpdir: PathBuf,
     tls: TlsPolicy,
+    ledger: Arc<Ledger>,
     /// A private Docker config giving the cache's IP literal the cache's credentials
     /// (crane finds none for the literal otherwise); removed when the toolbox drops.
     literal_auth: Option<tempfile::TempDir>,
@@ -99,8 +107,14 @@ impl Toolbox {
     /// Finds crane and skopeo on PATH and the credentials crane would use; when copies
     /// reach the cache by IP literal and the cache has credentials, writes them for the
     /// literal into a private config.
-    pub async fn discover(tls: TlsPolicy, digest_check: DigestCheck, cache_host: &str) -> Self {
+    pub async fn discover(
+        tls: TlsPolicy,
+        digest_check: DigestCheck,
+        cache_host: &str,
+        reserve: Reserve,
+    ) -> Self {
         let keyring = Arc::new(Keyring::discover());
+        let ledger = Arc::new(Ledger::new(reserve));
         let literal_auth = match tls.cache_literal() {
             Some(literal) => match keyring.lookup(cache_host, "").await {
                 Lookup::Basic(basic) => match keyring.private_config_with_alias(literal, &basic) {
@@ -115,15 +129,21 @@ impl Toolbox {
             None => None,
         };
         Self {
-            client: Client::new(tls.clone(), Arc::clone(&keyring)),
+            client: Client::new(tls.clone(), Arc::clone(&keyring), Arc::clone(&ledger)),
             keyring,
             digest_check,
             crane: find_on_path("crane"),
             skopeo: find_on_path("skopeo"),
             tmpdir: std::env::temp_dir(),
             tls,
+            ledger,
             literal_auth,
         }
+    }
+
+    /// The run's upstream quota ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// crane's path, when found.
@@ -152,10 +172,53 @@ impl Toolbox {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Attempted<Digest> {
+        self.check(repository, tag, side, Want::Digest, timeout, cancel)
+            .await
+    }
+
+    /// One free HEAD upstream, for the quota headers it carries (never handed to a tool,
+    /// never a GET).
+    pub async fn read_quota(&self, repository: &Repository, tag: &Tag, timeout: Duration) {
+        if let Some(client) = &self.client {
+            let _ = client
+                .digest(repository, tag, Side::Upstream, timeout, Want::Headers)
+                .await;
+        }
+    }
+
+    /// Reads the digest of a copy in the cache by GETting its manifest (free on the
+    /// cache), so that `children` says how many manifests an index lists.
+    pub async fn verify(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Attempted<Digest> {
+        self.check(
+            repository,
+            tag,
+            Side::Cache,
+            Want::Manifest,
+            timeout,
+            cancel,
+        )
+        .await
+    }
+
+    async fn check(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+        side: Side,
+        want: Want,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Attempted<Digest> {
         let started = Instant::now();
         let budget = Budget::new(timeout);
         let attempted = self
-            .digest_by_any_tool(repository, tag, side, budget, cancel)
+            .digest_by_any_tool(repository, tag, side, want, budget, cancel)
             .await;
         tracing::debug!(
             registry = %repository.host(),
@@ -180,6 +243,7 @@ impl Toolbox {
         repository: &Repository,
         tag: &Tag,
         side: Side,
+        want: Want,
         budget: Budget,
         cancel: &Cancel,
     ) -> Attempted<Digest> {
@@ -189,15 +253,20 @@ impl Toolbox {
             tries += 1;
             let mut cancel = cancel.clone();
             let checked = tokio::select! {
-                checked = client.digest(repository, tag, side, budget.timeout) => checked,
+                checked = client.digest(repository, tag, side, budget.timeout, want) => checked,
                 _ = cancel.wait_for(|cancelled| *cancelled) => {
                     Checked::Failed(Failure::new(Class::Interrupted, format!("HEAD {reference}")))
                 }
             };
             match checked {
-                Checked::Digest { digest, gets } => {
+                Checked::Digest {
+                    digest,
+                    gets,
+                    children,
+                } => {
                     return Attempted {
                         gets,
+                        children,
                         ..Attempted::new(Some(Tool::Builtin), Ok(digest), tries)
                     };
                 }
@@ -235,20 +304,20 @@ impl Toolbox {
                 what: &what,
                 tool: Tool::Crane,
                 ends,
+                spent: tool_errors::crane_digest_spent,
             };
-            let outcome = self.run(run, budget, cancel).await.and_then(|done| {
-                let gets = u32::from(tool_errors::crane_fell_back_to_get(&done.stderr));
-                crane::parse_digest(&done.stdout)
-                    .map(|digest| (digest, gets))
-                    .ok_or_else(|| {
-                        Failure::new(Class::ToolFailed, format!("{what}: printed no digest"))
-                            .on(Side::Local, None)
-                    })
+            let (outcome, spent) = self.run(run, budget, cancel).await;
+            self.account_check(repository, side, spent, outcome.as_ref().err());
+            let outcome = outcome.and_then(|done| {
+                crane::parse_digest(&done.stdout).ok_or_else(|| {
+                    Failure::new(Class::ToolFailed, format!("{what}: printed no digest"))
+                        .on(Side::Local, None)
+                })
             });
             match outcome {
-                Ok((digest, gets)) => {
+                Ok(digest) => {
                     return Attempted {
-                        gets,
+                        gets: spent.gets,
                         ..Attempted::new(Some(Tool::Crane), Ok(digest), tries)
                     };
                 }
@@ -277,16 +346,37 @@ impl Toolbox {
             what: &what,
             tool: Tool::Skopeo,
             ends,
+            spent: tool_errors::skopeo_inspect_spent,
         };
-        let outcome = self.run(run, budget, cancel).await.and_then(|done| {
+        let (outcome, spent) = self.run(run, budget, cancel).await;
+        self.account_check(repository, side, spent, outcome.as_ref().err());
+        let outcome = outcome.and_then(|done| {
             skopeo::digest_of_raw_manifest(&done.stdout).ok_or_else(|| {
                 Failure::new(Class::ToolFailed, format!("{what}: printed no manifest"))
                     .on(Side::Local, None)
             })
         });
         Attempted {
-            gets: 1,
+            gets: spent.gets,
             ..Attempted::new(Some(Tool::Skopeo), outcome, tries)
+        }
+    }
+
+    /// Counts what a crane or skopeo check sent upstream; a 429 there leaves no quota.
+    fn account_check(
+        &self,
+        repository: &Repository,
+        side: Side,
+        spent: Spent,
+        failure: Option<&Failure>,
+    ) {
+        if side != Side::Upstream {
+            return;
+        }
+        self.ledger
+            .count(repository.host(), spent.heads, spent.gets);
+        if failure.is_some_and(|failure| failure.class == Class::RateLimited) {
+            self.ledger.exhausted(repository.host());
         }
     }
 
@@ -352,9 +442,9 @@ impl Toolbox {
                     cache_alias: literal,
                     ..ends
                 },
+                spent: tool_errors::crane_copy_spent,
             };
-            let outcome = self.run(run, budget, cancel).await.map(drop);
-            return Attempted::new(Some(Tool::Crane), outcome, 1);
+            return self.copied(source, Tool::Crane, self.run(run, budget, cancel).await);
         }
         let Some(skopeo) = &self.skopeo else {
             return no_tool(0);
@@ -383,9 +473,29 @@ impl Toolbox {
             what: &what,
             tool: Tool::Skopeo,
             ends,
+            spent: tool_errors::skopeo_copy_spent,
         };
-        let outcome = self.run(run, budget, cancel).await.map(drop);
-        Attempted::new(Some(Tool::Skopeo), outcome, 1)
+        self.copied(source, Tool::Skopeo, self.run(run, budget, cancel).await)
+    }
+
+    /// A copy attempt's outcome with what it spent upstream; a 429 from the upstream
+    /// leaves no quota there.
+    fn copied(
+        &self,
+        source: &Repository,
+        tool: Tool,
+        (outcome, spent): (Result<process::Finished, Failure>, Spent),
+    ) -> Attempted<()> {
+        if let Err(failure) = &outcome {
+            if failure.class == Class::RateLimited && failure.side == Some(Side::Upstream) {
+                self.ledger.exhausted(source.host());
+            }
+        }
+        Attempted {
+            gets: spent.gets,
+            children: spent.children,
+            ..Attempted::new(Some(tool), outcome.map(drop), 1)
+        }
     }
 
     fn skopeo_options(&self) -> skopeo::SkopeoOptions<'_> {
@@ -402,10 +512,13 @@ impl Toolbox {
         run: Run<'_>,
         budget: Budget,
         cancel: &Cancel,
-    ) -> Result<process::Finished, Failure> {
+    ) -> (Result<process::Finished, Failure>, Spent) {
         let left = budget.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::timed_out(budget.timeout, run.what));
+            return (
+                Err(Failure::timed_out(budget.timeout, run.what)),
+                Spent::default(),
+            );
         }
         let spec = CommandSpec {
             program: run.program.to_owned(),
@@ -414,7 +527,12 @@ impl Toolbox {
             stdin: None,
             timeout: left,
         };
-        match process::run(&spec, cancel).await {
+        let finished = process::run(&spec, cancel).await;
+        let spent = match &finished {
+            Ok(done) => (run.spent)(&done.stderr, &done.stdout, done.success()),
+            Err(_) => Spent::default(),
+        };
+        let outcome = match finished {
             Ok(done) if done.success() => Ok(done),
             Ok(done) => {
                 let line = match run.tool {
@@ -444,7 +562,8 @@ impl Toolbox {
             Err(RunError::Spawn(message)) => {
                 Err(Failure::new(Class::ToolFailed, message).on(Side::Local, None))
             }
-        }
+        };
+        (outcome, spent)
     }
 }
 
@@ -456,6 +575,8 @@ struct Run<'a> {
     what: &'a str,
     tool: Tool,
     ends: Ends<'a>,
+    /// Reads from the tool's output what it sent upstream.
+    spent: fn(&str, &[u8], bool) -> Spent,
 }
 
 /// A step's time: its deadline, and its whole bound (for messages).

@@ -27,6 +27,9 @@ INFRA = REPO / "k8s/clusters/scale-test/infrastructure"
 SYNC_DIR = INFRA / "image-sync"
 CACHE_DIR = INFRA / "image-cache"
 KUSTOMIZATIONS = [SYNC_DIR, CACHE_DIR]
+MONITORING_COMPONENT = REPO / "k8s/components/image-sync-monitoring"
+MONITORING_OVERLAY = REPO / "k8s/clusters/scale-test/monitoring"
+ALERTS_TEST = Path(__file__).resolve().parent / "alerts-test.yaml"
 FLAKE = REPO / "flake.nix"
 ATTRS_FILE = REPO / "deploy/nixpkgs-attrs.txt"
 GENERATOR = REPO / "deploy/gen-initial-sync.py"
@@ -659,3 +662,60 @@ def test_flake_release_script():
     assert "crane index append" in release
     assert '--tag "$repo:$version"' in release
     assert "self.packages.x86_64-linux.image" in release and "self.packages.aarch64-linux.image" in release
+
+
+# --- monitoring (optional component) -----------------------------------------
+
+def promtool() -> str:
+    exe = find_tool("promtool")
+    if exe is None:
+        missing_tool("promtool not found (Debian package prometheus; scripts/install-test-tools)")
+    return exe
+
+
+def rules_file(tmp_path: Path) -> Path:
+    rule = one(MONITORING_COMPONENT / "prometheusrule.yaml", "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    return path
+
+
+def test_alert_rules_pass_promtool_check(tmp_path):
+    proc = subprocess.run([promtool(), "check", "rules", str(rules_file(tmp_path))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 rules found" in proc.stdout
+
+
+def test_alert_rules_pass_promtool_unit_tests(tmp_path):
+    rules_file(tmp_path)
+    shutil.copy(ALERTS_TEST, tmp_path / ALERTS_TEST.name)
+    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / ALERTS_TEST.name)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rule = one(MONITORING_COMPONENT / "prometheusrule.yaml", "PrometheusRule")
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert names == {"ImageSyncFailed", "ImageSyncStale", "ImageSyncQuotaLow"}
+    tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
+    assert tested == names, "every alert has a unit test"
+
+
+def test_monitoring_overlay_renders_and_feeds_the_cronjob():
+    objects = kustomize_build(MONITORING_OVERLAY)
+    kinds = {o["kind"] for o in objects}
+    assert {"CronJob", "Job", "ConfigMap", "PrometheusRule"} <= kinds, kinds
+    for obj in objects:
+        if obj["kind"] != "PrometheusRule":  # a CRD: no schema in kubernetes-validate
+            validate(obj, "kustomize build monitoring")
+    configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    cronjob = next(o for o in objects if o["kind"] == "CronJob")
+    env = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    ref = next(e for e in env if e["name"] == "IMAGE_SYNC_PUSHGATEWAY")["valueFrom"]["configMapKeyRef"]
+    assert ref["optional"] is True, "without the component the CronJob must still start"
+    assert ref["key"] in configmaps[ref["name"]]["data"]
+    assert configmaps[ref["name"]]["data"][ref["key"]].startswith("http")
+
+
+def test_default_kustomization_has_no_monitoring():
+    objects = kustomize_build(SYNC_DIR)
+    assert not [o for o in objects if o["kind"] == "PrometheusRule"]

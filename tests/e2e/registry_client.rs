@@ -225,7 +225,8 @@ fn a_cache_refusing_uploads_at_its_address_trips_the_cache_not_the_upstream() {
 
 /// Syncs one image into a cache behind a token gate, with the copy slowed down past the
 /// token's life so that the verification after it needs a new token. Returns the run
-/// and image-sync's own traffic to the gate: (token fetches, 401 answers to its HEADs).
+/// and image-sync's own traffic to the gate: (token fetches, 401 answers to its manifest
+/// requests).
 fn sync_through_token_gate(auth: TokenAuth) -> Option<(Outcome, (usize, usize))> {
     let p = pair()?;
     let up = p.upstream.host();
@@ -256,7 +257,7 @@ fn sync_through_token_gate(auth: TokenAuth) -> Option<(Outcome, (usize, usize))>
         .count();
     let challenged = ours
         .iter()
-        .filter(|seen| seen.method == "HEAD" && seen.status == Some(401))
+        .filter(|seen| seen.path.contains("/manifests/") && seen.status == Some(401))
         .count();
     Some((run, (tokens, challenged)))
 }
@@ -347,15 +348,7 @@ fn concurrent_checks_of_one_repository_share_one_token() {
 fn a_head_without_a_digest_costs_one_reported_get_and_one_warning() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
-    for repo in ["app/x", "app/y", "app/z"] {
-        image::push_new(
-            &p.tools,
-            Kind::Single,
-            repo,
-            &format!("{up}/{repo}:1"),
-            Format::Oci,
-        );
-    }
+    image::push_singles(&p.tools, &up, &["app/x", "app/y", "app/z"]);
     let proxy = FaultProxy::start(up.clone());
     let images: Vec<(String, &str)> = ["app/x", "app/y", "app/z"]
         .iter()
@@ -683,15 +676,7 @@ fn one_deadline_covers_every_scheme_of_a_check() {
 fn digest_check_crane_runs_crane_for_every_check() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
-    for repo in ["app/c1", "app/c2"] {
-        image::push_new(
-            &p.tools,
-            Kind::Single,
-            repo,
-            &format!("{up}/{repo}:1"),
-            Format::Oci,
-        );
-    }
+    image::push_singles(&p.tools, &up, &["app/c1", "app/c2"]);
     let images = [(format!("{up}/app/c1"), "1"), (format!("{up}/app/c2"), "1")];
     let config = yaml(&p.cache.host(), &images, "  digest_check: crane\n");
     ImageSync::new().config(&config).run().expect_code(0);

@@ -163,6 +163,52 @@ impl Fault {
     }
 }
 
+/// Docker Hub's pull quota: every manifest response carries `ratelimit-limit`,
+/// `ratelimit-remaining` (`N;w=WINDOW`) and `docker-ratelimit-source`; each manifest GET
+/// that passes spends one pull; with none left a GET gets 429 `TOOMANYREQUESTS` (a HEAD is
+/// free and still answers).
+#[derive(Debug)]
+pub struct Quota {
+    /// Pulls per window.
+    pub limit: u64,
+    /// The window in seconds.
+    pub window_secs: u64,
+    /// The source the registry names (an IP address or account id).
+    pub source: String,
+    remaining: Mutex<u64>,
+}
+
+impl Quota {
+    /// A quota with `remaining` of `limit` pulls left.
+    pub fn new(limit: u64, remaining: u64, window_secs: u64, source: &str) -> Self {
+        Self {
+            limit,
+            window_secs,
+            source: source.to_owned(),
+            remaining: Mutex::new(remaining),
+        }
+    }
+
+    /// Pulls left now.
+    pub fn remaining(&self) -> u64 {
+        *lock(&self.remaining)
+    }
+
+    fn headers(&self, remaining: u64) -> Vec<(String, String)> {
+        vec![
+            (
+                "ratelimit-limit".to_owned(),
+                format!("{};w={}", self.limit, self.window_secs),
+            ),
+            (
+                "ratelimit-remaining".to_owned(),
+                format!("{remaining};w={}", self.window_secs),
+            ),
+            ("docker-ratelimit-source".to_owned(), self.source.clone()),
+        ]
+    }
+}
+
 /// A bearer-token gate in front of the registry, like Docker Hub's: every `/v2/` request
 /// without a live token gets a 401 challenge naming the proxy's own `/token` endpoint,
 /// which hands out tokens.
@@ -274,6 +320,7 @@ struct Shared {
     /// The proxy's own port (for the token realm it names).
     port: u16,
     token_auth: Option<TokenAuth>,
+    quota: Mutex<Option<Arc<Quota>>>,
     /// Tokens handed out, with when.
     issued: Mutex<HashMap<String, Instant>>,
     started: Instant,
@@ -308,6 +355,7 @@ impl FaultProxy {
             upstream: upstream.into(),
             port,
             token_auth,
+            quota: Mutex::new(None),
             issued: Mutex::new(HashMap::new()),
             started: Instant::now(),
             stop: AtomicBool::new(false),
@@ -341,6 +389,12 @@ impl FaultProxy {
     /// whose attempt range holds the request's attempt number fires.
     pub fn add_rule(&self, rule: Rule) {
         lock(&self.shared.rules).push((rule, 0));
+    }
+
+    /// Meters manifest requests like Docker Hub ([`Quota`]).
+    pub fn with_quota(self, quota: Arc<Quota>) -> Self {
+        *lock(&self.shared.quota) = Some(quota);
+        self
     }
 
     /// Removes every rule (and their attempt counters): everything passes through.
@@ -833,6 +887,31 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
                 continue;
             }
         }
+        let quota = lock(&shared.quota).clone();
+        let mut quota_headers = Vec::new();
+        if let Some(quota) = quota.filter(|_| target.contains("/manifests/")) {
+            let mut remaining = lock(&quota.remaining);
+            if method == "GET" && *remaining == 0 {
+                drop(remaining);
+                copy_body(&mut reader, &mut io::sink(), request_framing)?;
+                let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. (fault proxy quota)"}]}"#;
+                let mut head = Head {
+                    start: "HTTP/1.1 429 Too Many Requests".to_owned(),
+                    headers: quota.headers(0),
+                };
+                head.set_header("Content-Type", "application/json");
+                head.set_header("Content-Length", &body.len().to_string());
+                client.write_all(&head.to_bytes())?;
+                client.write_all(body.as_bytes())?;
+                client.flush()?;
+                shared.record(&method, &target, &request, 429);
+                continue;
+            }
+            if method == "GET" {
+                *remaining -= 1;
+            }
+            quota_headers = quota.headers(*remaining);
+        }
         let (record, fault) = shared.decide(&method, &target, &request);
         let started = Instant::now();
         if request.has_token("Expect", "100-continue") {
@@ -900,6 +979,7 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             fault: &fault,
             record,
             started,
+            extra_headers: quota_headers,
         };
         match forward(shared, &exchange, &mut reader, &mut client) {
             Ok(keep_alive) if keep_alive && !close => {}
@@ -920,6 +1000,8 @@ struct Exchange<'a> {
     fault: &'a Fault,
     record: usize,
     started: Instant,
+    /// Headers added to the upstream's response (the quota's).
+    extra_headers: Vec<(String, String)>,
 }
 
 /// Forwards one request over a fresh upstream connection and relays the response through
@@ -970,6 +1052,9 @@ fn forward(
         Fault::RewriteDigest(digest) => response.set_header("Docker-Content-Digest", digest),
         Fault::StripDigest => response.remove_header("Docker-Content-Digest"),
         _ => {}
+    }
+    for (name, value) in &exchange.extra_headers {
+        response.set_header(name, value);
     }
     let framing = if exchange.method == "HEAD" || status < 200 || status == 204 || status == 304 {
         Framing::Length(0)

@@ -176,6 +176,20 @@ pub fn push_new(tools: &Tools, kind: Kind, seed: &str, destination: &str, format
     OciLayout::new(kind, seed, 64).push(tools, destination, format);
 }
 
+/// Pushes a small single-platform image to `host/REPO:1` for each repository (its name is
+/// its seed, so each has its own digest).
+pub fn push_singles(tools: &Tools, host: &str, repositories: &[&str]) {
+    for repository in repositories {
+        push_new(
+            tools,
+            Kind::Single,
+            repository,
+            &format!("{host}/{repository}:1"),
+            Format::Oci,
+        );
+    }
+}
+
 /// The digest a registry holds for `reference`, read with real crane (`None`: missing).
 pub fn digest_of(tools: &Tools, reference: &str) -> Option<String> {
     let output = Command::new(&tools.crane)

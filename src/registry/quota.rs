@@ -1,0 +1,408 @@
+//! Pull quota: what upstream registries say about it, what this run spent, and the reserve
+//! that defers copies instead of exhausting it.
+//!
+//! Docker Hub sends `ratelimit-limit: 100;w=21600`, `ratelimit-remaining: 87;w=21600` and
+//! `docker-ratelimit-source` on manifest responses, HEAD included (ghcr.io may send
+//! `x-ratelimit-limit` / `x-ratelimit-remaining`); no headers means no limit. The headers
+//! are read from responses image-sync receives anyway, so reading them costs no request.
+//! Every upstream manifest request of the run (its own, and those crane and skopeo make)
+//! is counted here per registry and method.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use reqwest::header::HeaderMap;
+use serde::Serialize;
+
+/// What a registry said about its quota in one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Pulls allowed per window.
+    pub limit: u64,
+    /// Pulls left in the window.
+    pub remaining: u64,
+    /// The window, in seconds, when given (`w=`).
+    pub window_secs: Option<u64>,
+}
+
+/// The rate-limit headers of a response, when it has them.
+pub fn rate_limit(headers: &HeaderMap) -> Option<(RateLimit, Option<String>)> {
+    let value = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+    };
+    let (limit, limit_window) = parse_count(value(["ratelimit-limit", "x-ratelimit-limit"])?)?;
+    let (remaining, remaining_window) =
+        parse_count(value(["ratelimit-remaining", "x-ratelimit-remaining"])?)?;
+    let source = headers
+        .get("docker-ratelimit-source")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Some((
+        RateLimit {
+            limit,
+            remaining,
+            window_secs: limit_window.or(remaining_window),
+        },
+        source,
+    ))
+}
+
+/// `100;w=21600` -> (100, Some(21600)); `87` -> (87, None).
+fn parse_count(value: &str) -> Option<(u64, Option<u64>)> {
+    let mut parts = value.split(';');
+    let count = parts.next()?.trim().parse().ok()?;
+    let window = parts.find_map(|part| {
+        part.trim()
+            .strip_prefix("w=")
+            .and_then(|secs| secs.trim().parse().ok())
+    });
+    Some((count, window))
+}
+
+/// `settings.quota_reserve`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// This many pulls.
+    Pulls(u64),
+    /// This percentage of the reported limit.
+    Percent(u8),
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        Self::Percent(10)
+    }
+}
+
+impl Reserve {
+    /// The reserve in pulls for a registry with this limit (rounded up).
+    pub fn pulls(self, limit: u64) -> u64 {
+        match self {
+            Self::Pulls(pulls) => pulls,
+            Self::Percent(percent) => (limit * u64::from(percent)).div_ceil(100),
+        }
+    }
+}
+
+/// What one registry's quota looked like during the run, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaReport {
+    /// Pulls allowed per window.
+    pub limit: u64,
+    /// The window in seconds, when the registry gave it.
+    pub window_secs: Option<u64>,
+    /// Pulls left before the run's first pull (or when first seen, without pulls).
+    pub remaining_at_start: u64,
+    /// Pulls left after the run's last pull, as the registry last reported it (0 after a
+    /// 429).
+    pub remaining_at_end: u64,
+    /// `docker-ratelimit-source` (an IP address or account id), when sent.
+    pub source: Option<String>,
+    /// The reserve in force, in pulls.
+    pub reserve: u64,
+    /// Manifest GETs this run sent or caused (its checks' and the copies').
+    pub manifest_gets: u64,
+}
+
+/// One registry's ledger.
+#[derive(Debug, Default, Clone)]
+struct Account {
+    latest: Option<RateLimit>,
+    source: Option<String>,
+    /// `remaining` when the first copy started (frozen then).
+    at_start: Option<u64>,
+    /// Pulls of copies started in this run: exact once a copy finished, 1 while running.
+    committed: u64,
+    /// A 429 came back: nothing is left.
+    exhausted: bool,
+    heads: u64,
+    gets: u64,
+    copies: u64,
+}
+
+/// The upstream quota ledger of one run, by registry (as the config names it).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    reserve: Reserve,
+    accounts: Mutex<BTreeMap<String, Account>>,
+}
+
+/// A copy admitted under the reserve; settle it with the pulls it made.
+#[derive(Debug)]
+#[must_use = "settle the ticket with the copy's pulls"]
+pub struct Ticket {
+    registry: String,
+}
+
+/// Why a copy may not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferral {
+    /// The registry.
+    pub registry: String,
+    /// Its projected remaining pulls.
+    pub remaining: u64,
+    /// The reserve.
+    pub reserve: u64,
+}
+
+impl std::fmt::Display for Deferral {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quota reserve: {} has {} pulls left and {} are kept in reserve for the cluster's nodes; the next run tries again",
+            self.registry, self.remaining, self.reserve
+        )
+    }
+}
+
+impl Ledger {
+    /// A ledger keeping `reserve` of every metered registry's quota.
+    pub fn new(reserve: Reserve) -> Self {
+        Self {
+            reserve,
+            accounts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Account>> {
+        self.accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with<T>(&self, registry: &str, update: impl FnOnce(&mut Account) -> T) -> T {
+        update(self.accounts().entry(registry.to_owned()).or_default())
+    }
+
+    /// Records what a response said about the quota.
+    pub fn observe(&self, registry: &str, limit: RateLimit, source: Option<String>) {
+        self.with(registry, |account| {
+            account.latest = Some(limit);
+            if source.is_some() {
+                account.source = source;
+            }
+        });
+    }
+
+    /// Records a 429 from a registry: nothing left (when it is metered).
+    pub fn exhausted(&self, registry: &str) {
+        self.with(registry, |account| account.exhausted = true);
+    }
+
+    /// Counts upstream manifest requests.
+    pub fn count(&self, registry: &str, heads: u32, gets: u32) {
+        if heads == 0 && gets == 0 {
+            return;
+        }
+        self.with(registry, |account| {
+            account.heads += u64::from(heads);
+            account.gets += u64::from(gets);
+        });
+    }
+
+    /// Admits a copy from `registry` unless it would take the quota below the reserve.
+    /// A copy counts as one pull until it is settled.
+    pub fn admit(&self, registry: &str) -> Result<Ticket, Deferral> {
+        let reserve = self.reserve;
+        self.with(registry, |account| {
+            if let Some(latest) = account.latest {
+                let start = *account.at_start.get_or_insert(latest.remaining);
+                let kept = reserve.pulls(latest.limit);
+                let left = if account.exhausted {
+                    0
+                } else {
+                    start.saturating_sub(account.committed)
+                };
+                if kept > 0 && (account.exhausted || left < kept + 1) {
+                    return Err(Deferral {
+                        registry: registry.to_owned(),
+                        remaining: left,
+                        reserve: kept,
+                    });
+                }
+            }
+            account.committed += 1;
+            account.copies += 1;
+            Ok(Ticket {
+                registry: registry.to_owned(),
+            })
+        })
+    }
+
+    /// Replaces a copy's provisional pull with the GETs it made.
+    pub fn settle(&self, ticket: Ticket, pulls: u32) {
+        self.with(&ticket.registry, |account| {
+            account.committed = account.committed.saturating_sub(1) + u64::from(pulls);
+        });
+    }
+
+    /// Registries that sent rate-limit headers, copied in this run, and have not run out:
+    /// they deserve one free HEAD at the end for `remaining_at_end`.
+    pub fn to_refresh(&self) -> Vec<String> {
+        let accounts = self.accounts();
+        accounts
+            .iter()
+            .filter(|(_, a)| a.latest.is_some() && a.copies > 0 && !a.exhausted)
+            .map(|(registry, _)| registry.clone())
+            .collect()
+    }
+
+    /// The quota of every registry that sent rate-limit headers.
+    pub fn report(&self) -> BTreeMap<String, QuotaReport> {
+        let accounts = self.accounts();
+        accounts
+            .iter()
+            .filter_map(|(registry, account)| {
+                let latest = account.latest?;
+                Some((
+                    registry.clone(),
+                    QuotaReport {
+                        limit: latest.limit,
+                        window_secs: latest.window_secs,
+                        remaining_at_start: account.at_start.unwrap_or(latest.remaining),
+                        remaining_at_end: if account.exhausted {
+                            0
+                        } else {
+                            latest.remaining
+                        },
+                        source: account.source.clone(),
+                        reserve: self.reserve.pulls(latest.limit),
+                        manifest_gets: account.gets,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Upstream manifest requests by registry: (HEADs, GETs).
+    pub fn requests(&self) -> BTreeMap<String, (u64, u64)> {
+        let accounts = self.accounts();
+        accounts
+            .iter()
+            .map(|(registry, account)| (registry.clone(), (account.heads, account.gets)))
+            .collect()
+    }
+
+    /// The last reported (limit, remaining) by registry, for the metrics.
+    pub fn limits(&self) -> BTreeMap<String, (u64, u64)> {
+        self.report()
+            .into_iter()
+            .map(|(registry, quota)| (registry, (quota.limit, quota.remaining_at_end)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("header"));
+        }
+        map
+    }
+
+    #[test]
+    fn docker_hub_and_ghcr_headers_are_read() {
+        let hub = headers(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "87;w=21600"),
+            ("docker-ratelimit-source", "203.0.113.7"),
+        ]);
+        assert_eq!(
+            rate_limit(&hub),
+            Some((
+                RateLimit {
+                    limit: 100,
+                    remaining: 87,
+                    window_secs: Some(21600)
+                },
+                Some("203.0.113.7".to_owned())
+            ))
+        );
+        let ghcr = headers(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4999"),
+        ]);
+        assert_eq!(
+            rate_limit(&ghcr).map(|(limit, _)| (limit.limit, limit.remaining, limit.window_secs)),
+            Some((5000, 4999, None))
+        );
+        assert_eq!(rate_limit(&HeaderMap::new()), None, "no headers: no limit");
+        assert_eq!(rate_limit(&headers(&[("ratelimit-limit", "x")])), None);
+    }
+
+    #[test]
+    fn reserves_are_pulls_or_a_percentage_of_the_limit() {
+        assert_eq!(Reserve::default().pulls(100), 10);
+        assert_eq!(Reserve::Percent(10).pulls(15), 2, "rounded up");
+        assert_eq!(Reserve::Pulls(7).pulls(100), 7);
+        assert_eq!(Reserve::Pulls(0).pulls(100), 0);
+    }
+
+    #[test]
+    fn copies_are_admitted_until_the_reserve_and_settled_exactly() {
+        let ledger = Ledger::new(Reserve::Pulls(7));
+        let limit = |remaining| RateLimit {
+            limit: 100,
+            remaining,
+            window_secs: Some(21600),
+        };
+        ledger.observe("docker.io", limit(10), Some("src".into()));
+        let mut admitted = 0;
+        while let Ok(ticket) = ledger.admit("docker.io") {
+            ledger.settle(ticket, 1);
+            admitted += 1;
+        }
+        assert_eq!(admitted, 3, "10 -> 7: three copies of one pull");
+        let deferral = ledger.admit("docker.io").expect_err("reserve");
+        assert_eq!((deferral.remaining, deferral.reserve), (7, 7));
+        assert!(
+            deferral
+                .to_string()
+                .starts_with("quota reserve: docker.io has 7 pulls left")
+        );
+        let ticket = ledger
+            .admit("ghcr.io")
+            .expect("unmetered registries are never deferred");
+        ledger.settle(ticket, 3);
+        ledger.observe("docker.io", limit(7), None);
+        ledger.count("docker.io", 5, 3);
+        let report = ledger.report();
+        assert_eq!(report["docker.io"].remaining_at_start, 10);
+        assert_eq!(report["docker.io"].remaining_at_end, 7);
+        assert_eq!(report["docker.io"].manifest_gets, 3);
+        assert!(
+            !report.contains_key("ghcr.io"),
+            "no headers, no quota entry"
+        );
+        ledger.exhausted("docker.io");
+        assert_eq!(ledger.report()["docker.io"].remaining_at_end, 0);
+        assert!(
+            ledger.to_refresh().is_empty(),
+            "an exhausted registry gets no HEAD"
+        );
+    }
+
+    #[test]
+    fn a_zero_reserve_never_defers() {
+        let ledger = Ledger::new(Reserve::Pulls(0));
+        ledger.observe(
+            "docker.io",
+            RateLimit {
+                limit: 100,
+                remaining: 1,
+                window_secs: None,
+            },
+            None,
+        );
+        for _ in 0..3 {
+            let ticket = ledger.admit("docker.io").expect("off");
+            ledger.settle(ticket, 1);
+        }
+    }
+}
