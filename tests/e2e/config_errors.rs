@@ -160,3 +160,14 @@ fn check_prints_the_plan_and_touches_no_registry() {
         );
     }
 }
+
+#[test]
+fn an_upper_case_namespace_is_refused_not_taken_for_a_registry_host() {
+    // `MyTeam/app` used to pass as registry host `myteam` (`-> c:5000/app`).
+    let (stderr, _) =
+        rejected("cache_registry: c:5000\nimages:\n  - {source: MyTeam/app, tag: '1'}\n");
+    assert!(
+        stderr.contains("images[0] (source `MyTeam/app`) field `source`: `MyTeam/app` has upper-case letters in `MyTeam`: repository names must be lowercase (write `myteam/app`)"),
+        "{stderr}"
+    );
+}
