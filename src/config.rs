@@ -8,13 +8,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::reference::{ReferenceError, Repository, shorten};
+
 /// The largest config file image-sync reads. A ConfigMap holds at most 1 MiB; anything much
 /// larger is a mistake (or hostile), and reading it would only waste memory.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The config file as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `cache_registry`, `images` and optionally `settings` at the top level"
+)]
 pub struct RawConfig {
     /// `host[:port]` of the cache registry, optionally followed by a path prefix.
     pub cache_registry: String,
@@ -27,7 +32,10 @@ pub struct RawConfig {
 
 /// One entry of `images`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an image: a mapping with `source`, `tag` and optionally `cache_as`"
+)]
 pub struct RawImage {
     /// Repository without tag or digest (`docker.io/library/nginx`, `nginx`).
     pub source: String,
@@ -40,7 +48,10 @@ pub struct RawImage {
 
 /// `settings`, all optional.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of settings such as `concurrency: 2` (see the README's Config section)"
+)]
 pub struct RawSettings {
     /// Copies at once (default 2).
     pub concurrency: Option<u64>,
@@ -114,10 +125,20 @@ pub fn parse(bytes: &[u8]) -> Result<RawConfig, String> {
             "nests `[`/`{{` deeper than {MAX_NESTING} levels (at byte {depth}); a config needs a handful"
         ));
     }
-    serde_yaml_ng::from_str::<RawConfig>(text).map_err(|err| describe_yaml_error(&err, text))
+    serde_yaml_ng::from_str::<RawConfig>(text).map_err(|err| {
+        // serde_yaml_ng keeps the events read before a syntax error and deserializes those
+        // first, so a mis-indented `tag` showed up as "missing field `tag`" at the start of
+        // its image, lines before the real mistake. Any error a walk over the whole document
+        // finds (syntax, aliases) comes first: it is the cause.
+        match serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text) {
+            Err(syntax) => describe_syntax_error(&syntax, text),
+            Ok(_) => describe_yaml_error(&err, text),
+        }
+    })
 }
 
-/// serde_yaml_ng's message, made to name the image when the error sits inside one.
+/// serde_yaml_ng's message, made to name the image when the error sits inside one, and to
+/// say what to do about a tag written into `source`.
 fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     let message = shorten_keeping_location(&err.to_string().replace('\n', " "));
     let Some(rest) = message.strip_prefix("images[") else {
@@ -126,13 +147,61 @@ fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     let Some(index) = rest.split(']').next().and_then(|i| i.parse::<usize>().ok()) else {
         return message;
     };
-    match image_source_at(text, index) {
-        Some(source) => format!(
-            "images[{index}] (source `{source}`){}",
-            &rest[rest.find(']').map_or(0, |i| i + 1)..]
-        ),
-        None => message,
+    let Some(source) = image_source_at(text, index) else {
+        return message;
+    };
+    let mut described = format!(
+        "images[{index}] (source `{}`){}",
+        shorten(&source),
+        &rest[rest.find(']').map_or(0, |i| i + 1)..]
+    );
+    // Without this the tag hint came only on the next run, from the plan's checks.
+    if message.contains("missing field `tag`") {
+        if let Err(ReferenceError::TagInSource(tag)) = Repository::parse_source(&source) {
+            let repository = &source[..source.len() - tag.len() - 1];
+            described.push_str(&format!(
+                "; the tag is in `source`: move `{tag}` into `tag:` (`source: \"{}\"` and `tag: \"{tag}\"`)",
+                shorten(repository)
+            ));
+        }
     }
+    described
+}
+
+/// A YAML syntax error, with the tab named when a tab is what broke it, and a word on
+/// indentation when the structure did not line up.
+fn describe_syntax_error(err: &serde_yaml_ng::Error, text: &str) -> String {
+    let message = shorten_keeping_location(&err.to_string().replace('\n', " "));
+    let location = err.location().map(|l| (l.line(), l.column()));
+    if let Some((line, column)) = location.and_then(|(l, c)| tab_near(text, l, c)) {
+        return format!(
+            "a tab character at line {line} column {column}; YAML indents with spaces: replace the tab with spaces (the parser said: {message})"
+        );
+    }
+    let misaligned = [
+        "did not find expected",
+        "expected <block end>",
+        "mapping values are not allowed",
+    ];
+    if misaligned.iter().any(|m| message.contains(m)) {
+        return format!(
+            "{message}; check the indentation there: the keys of one mapping start in the same column (an image's `tag` right under its `source`)"
+        );
+    }
+    message
+}
+
+/// Where a tab sits that breaks the YAML at `line`/`column` (1-based): at that position or
+/// in that line's indentation. Tabs inside values are fine and not reported.
+fn tab_near(text: &str, line: usize, column: usize) -> Option<(usize, usize)> {
+    let content = text.lines().nth(line.checked_sub(1)?)?;
+    if content.chars().nth(column.checked_sub(1)?) == Some('\t') {
+        return Some((line, column));
+    }
+    let indentation = content.len() - content.trim_start_matches([' ', '\t']).len();
+    content[..indentation]
+        .find('\t')
+        .map(|offset| (line, offset + 1))
 }
 
 /// Deeper flow nesting than this is refused before parsing: the YAML parser's time grows
@@ -262,6 +331,77 @@ settings:
             error_of("cache_registry: c\nimages: []\nsettings:\n  concurrency: -1\n")
                 .contains("concurrency")
         );
+    }
+
+    #[test]
+    fn a_mis_indented_key_is_reported_at_its_own_line() {
+        // `tag` one space short: the real error is on line 6, not "missing field `tag`" at
+        // the start of the image on line 5.
+        let message = error_of(
+            "cache_registry: c:5000\nimages:\n  - source: nginx\n    tag: \"1\"\n  - source: redis\n   tag: \"7\"\n",
+        );
+        assert!(message.contains("at line 6 column 4"), "{message}");
+        assert!(!message.contains("missing field"), "{message}");
+        assert!(message.contains("check the indentation"), "{message}");
+    }
+
+    #[test]
+    fn a_tab_is_named_with_its_line_and_column() {
+        for (yaml, at) in [
+            ("\tcache_registry: c\nimages: []\n", "line 1 column 1"),
+            (
+                "cache_registry: c\nimages:\n\t- {source: a, tag: b}\n",
+                "line 3 column 1",
+            ),
+            (
+                "cache_registry: c\nimages:\n  - source: a\n  \ttag: b\n",
+                "line 4 column 3",
+            ),
+        ] {
+            let message = error_of(yaml);
+            assert!(
+                message.starts_with(&format!(
+                    "a tab character at {at}; YAML indents with spaces"
+                )),
+                "{message}"
+            );
+        }
+        // A tab inside a value is no error.
+        assert!(parse(b"cache_registry: c\nimages:\n  - source: a\n    tag:\tb\n").is_ok());
+    }
+
+    #[test]
+    fn wrong_shapes_are_described_without_internal_type_names() {
+        for yaml in [
+            "just a string\n",
+            "- a\n",
+            "cache_registry: c\nimages: [nginx]\n",
+            "cache_registry: c\nimages: [{source: a, tag: b}]\nsettings: 3\n",
+        ] {
+            let message = error_of(yaml);
+            assert!(!message.contains("Raw"), "{message}");
+            assert!(!message.contains("struct"), "{message}");
+        }
+        assert!(
+            error_of("just a string\n")
+                .contains("expected a mapping with `cache_registry`, `images` and optionally `settings` at the top level")
+        );
+        assert!(
+            error_of("cache_registry: c\nimages: [nginx]\n")
+                .contains("expected an image: a mapping with `source`, `tag`")
+        );
+    }
+
+    #[test]
+    fn a_tag_in_source_without_a_tag_field_says_where_to_move_it_at_once() {
+        let message = error_of("cache_registry: c\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
+        assert!(
+            message.starts_with("images[0] (source `nginx:1.27-alpine`): missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:` (`source: \"nginx\"` and `tag: \"1.27-alpine\"`)"),
+            "{message}"
+        );
+        // A port is not a tag.
+        let message = error_of("cache_registry: c\nimages:\n  - source: \"127.0.0.1:5000/app\"\n");
+        assert!(!message.contains("move"), "{message}");
     }
 
     #[test]

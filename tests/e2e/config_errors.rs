@@ -171,3 +171,50 @@ fn an_upper_case_namespace_is_refused_not_taken_for_a_registry_host() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_mis_indented_tag_is_reported_at_its_own_line() {
+    let (stderr, _) = rejected(
+        "cache_registry: c:5000\nimages:\n  - source: nginx\n    tag: '1'\n  - source: redis\n   tag: '7'\n",
+    );
+    assert!(stderr.contains("at line 6 column 4"), "{stderr}");
+    assert!(stderr.contains("check the indentation"), "{stderr}");
+    assert!(!stderr.contains("missing field"), "{stderr}");
+}
+
+#[test]
+fn a_tab_is_named_with_its_line_and_column() {
+    let (stderr, _) = rejected("cache_registry: c:5000\nimages:\n  - source: nginx\n\ttag: '1'\n");
+    assert!(
+        stderr.contains("a tab character at line 4 column 1; YAML indents with spaces"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_wrong_shape_is_described_in_config_words() {
+    let (stderr, _) = rejected("just a string\n");
+    assert!(
+        stderr.contains("expected a mapping with `cache_registry`, `images` and optionally `settings` at the top level"),
+        "{stderr}"
+    );
+    let (stderr, _) = rejected("cache_registry: c:5000\nimages:\n  - nginx\n");
+    assert!(
+        stderr.contains("images[0]: invalid type: string \"nginx\", expected an image: a mapping with `source`, `tag`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Raw") && !stderr.contains("struct"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tag_left_in_source_gets_the_move_hint_on_the_first_run() {
+    let (stderr, _) =
+        rejected("cache_registry: c:5000\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
+    assert!(
+        stderr.contains("missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:`"),
+        "{stderr}"
+    );
+}
