@@ -218,3 +218,18 @@ fn a_tag_left_in_source_gets_the_move_hint_on_the_first_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_insecure_entry_that_matches_no_registry_is_refused_at_check() {
+    // The cache host without its port: valid at --check before, a TLS failure in the cluster.
+    let run = ImageSync::new()
+        .config("cache_registry: \"image-cache.image-cache.svc.cluster.local:5000\"\nimages:\n  - {source: nginx, tag: '1'}\nsettings:\n  insecure_registries: [\"image-cache.image-cache.svc.cluster.local\"]\n")
+        .arg("--check");
+    let outcome = run.run();
+    outcome.expect_code(2);
+    assert!(
+        outcome.stderr.contains("settings.insecure_registries[0]: `image-cache.image-cache.svc.cluster.local` names no registry of this config (it names `docker.io`, `image-cache.image-cache.svc.cluster.local:5000`); add the port: `image-cache.image-cache.svc.cluster.local:5000`"),
+        "{}",
+        outcome.stderr
+    );
+}
