@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod decision;
 pub mod exit;
 pub mod failure;
+pub mod hub_key;
 pub mod logging;
 pub mod plan;
 pub mod process;
@@ -40,6 +41,10 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::USAGE;
         }
     };
+    // At --check and at the start of a run: crane would go anonymous without a word.
+    if let Some(warning) = hub_key::check_docker_config() {
+        tracing::warn!("{warning}");
+    }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         return exit::SUCCESS;

@@ -1,0 +1,75 @@
+//! The first hour of a new user: mistakes caught at `--check` that used to show up only in
+//! the cluster (Docker Hub credentials under a key crane ignores, a ConfigMap checked
+//! as it is), and logs that say what they looked at.
+
+use crate::support::image::{self, Format, Kind};
+use crate::support::pair;
+use crate::support::runner::ImageSync;
+
+/// A Docker config with Docker Hub credentials keyed `docker.io`: crane ignores that key.
+const DOCKER_IO_KEYED: &str = r#"{"auths": {"docker.io": {"auth": "c3luYy1ib3Q6czNjcmV0"}}}"#;
+
+const HUB_WARNING: &str = "Docker Hub credentials are keyed `auths.docker.io`, which crane ignores: Docker Hub pulls go anonymous";
+
+#[test]
+fn a_docker_io_key_in_the_docker_config_warns_at_check_and_at_run_start() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "hub-key",
+        &format!("{up}/team/app:1"),
+        Format::Oci,
+    );
+    let yaml = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/team/app\", tag: \"1\"}}\n",
+        p.cache.host()
+    );
+    let docker_config = tempfile::tempdir().expect("dir");
+    std::fs::write(docker_config.path().join("config.json"), DOCKER_IO_KEYED).expect("write");
+    let expected = format!(
+        "Docker config {}: {HUB_WARNING}",
+        docker_config.path().join("config.json").display()
+    );
+
+    let run = |extra: &[&str]| {
+        let mut run = ImageSync::new()
+            .config(&yaml)
+            .env("DOCKER_CONFIG", docker_config.path());
+        for arg in extra {
+            run = run.arg(arg);
+        }
+        let outcome = run.run();
+        outcome.expect_code(0);
+        outcome
+    };
+
+    let check = run(&["--check"]);
+    assert!(check.stderr.contains(&expected), "{}", check.stderr);
+    assert!(
+        check
+            .stderr
+            .contains("Re-key the entry as `https://index.docker.io/v1/`"),
+        "{}",
+        check.stderr
+    );
+    assert!(!check.stderr.contains("c3luYy1ib3Q6"), "no secret shown");
+
+    let synced = run(&[]);
+    assert_eq!(synced.actions(), ["pulled"]);
+    assert!(synced.stderr.contains(&expected), "{}", synced.stderr);
+
+    // The right key: nothing to say.
+    std::fs::write(
+        docker_config.path().join("config.json"),
+        r#"{"auths": {"https://index.docker.io/v1/": {"auth": "c3luYy1ib3Q6czNjcmV0"}}}"#,
+    )
+    .expect("write");
+    let check = run(&["--check"]);
+    assert!(
+        !check.stderr.contains("Docker Hub credentials"),
+        "{}",
+        check.stderr
+    );
+}
