@@ -79,11 +79,16 @@ pub struct LoadError {
     pub path: PathBuf,
     /// One line saying what is wrong, with the line and column when YAML gave them.
     pub message: String,
+    /// Where in the file the config sits, when it is not the whole file (a ConfigMap key).
+    pub within: Option<String>,
 }
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
+        match &self.within {
+            Some(within) => write!(f, "{} ({within}): {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
     }
 }
 
@@ -94,6 +99,7 @@ pub fn load(path: &Path) -> Result<RawConfig, LoadError> {
     let fail = |message: String| LoadError {
         path: path.to_owned(),
         message,
+        within: None,
     };
     let metadata = std::fs::metadata(path).map_err(|err| fail(read_error_hint(&err)))?;
     if !metadata.is_file() {
@@ -106,7 +112,171 @@ pub fn load(path: &Path) -> Result<RawConfig, LoadError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|err| fail(read_error_hint(&err)))?;
-    parse(&bytes).map_err(fail)
+    match std::str::from_utf8(&bytes).ok().and_then(embedded_config) {
+        Some(embedded) => {
+            let text = embedded.map_err(&fail)?;
+            parse(text.config.as_bytes()).map_err(|message| LoadError {
+                within: Some(format!("ConfigMap `{}`, key `{CONFIGMAP_KEY}`", text.name)),
+                ..fail(text.to_file_lines(&message))
+            })
+        }
+        None => parse(&bytes).map_err(fail),
+    }
+}
+
+/// The key of a ConfigMap's `data` that holds image-sync's config (the CronJob mounts it
+/// as `/etc/image-sync/config.yaml`).
+pub const CONFIGMAP_KEY: &str = "config.yaml";
+
+/// A config read out of a Kubernetes ConfigMap manifest, so that
+/// `image-sync --check --config configmap.yaml` checks what the cluster will mount.
+#[derive(Debug)]
+struct EmbeddedConfig {
+    /// `metadata.name`, for messages.
+    name: String,
+    /// The value of `data."config.yaml"`.
+    config: String,
+    /// Where the value's first line sits in the file (0-based line) and by how many
+    /// columns it is indented there, when it is a block scalar whose lines are verbatim
+    /// in the file: then error locations can be moved to the file's lines.
+    offset: Option<(usize, usize)>,
+}
+
+impl EmbeddedConfig {
+    /// Rewrites every `line N column M` in a message from the embedded config's numbering
+    /// to the file's; without a known offset, says how lines are counted instead.
+    fn to_file_lines(&self, message: &str) -> String {
+        let Some((first_line, indent)) = self.offset else {
+            return format!("{message} (lines counted from the start of `config.yaml`)");
+        };
+        let mut out = String::new();
+        let mut rest = message;
+        while let Some(at) = rest.find("line ") {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let parsed = (|| {
+                let after = rest.strip_prefix("line ")?;
+                let line_len = after.find(|c: char| !c.is_ascii_digit())?;
+                let line: usize = after[..line_len].parse().ok()?;
+                let after = after[line_len..].strip_prefix(" column ")?;
+                let column_len = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
+                let column: usize = after[..column_len].parse().ok()?;
+                let consumed = "line ".len() + line_len + " column ".len() + column_len;
+                Some((line, column, consumed))
+            })();
+            match parsed {
+                Some((line, column, consumed)) => {
+                    out.push_str(&format!(
+                        "line {} column {}",
+                        line + first_line,
+                        column + indent
+                    ));
+                    rest = &rest[consumed..];
+                }
+                None => {
+                    out.push_str("line ");
+                    rest = &rest["line ".len()..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// The ConfigMap manifest's parts image-sync reads (everything else is Kubernetes').
+#[derive(Deserialize)]
+struct ConfigMapManifest {
+    kind: String,
+    #[serde(default)]
+    metadata: Option<ConfigMapMetadata>,
+    #[serde(default)]
+    data: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct ConfigMapMetadata {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `Some` when the file is a Kubernetes ConfigMap manifest (a top-level `kind: ConfigMap`
+/// line, then parsed as one): its `config.yaml`, or why it has none.
+fn embedded_config(text: &str) -> Option<Result<EmbeddedConfig, String>> {
+    // Cheap first: an image-sync config never has a top-level `kind`.
+    let is_configmap = text.lines().any(|line| {
+        line.strip_prefix("kind:")
+            .is_some_and(|kind| kind.trim().trim_matches(['"', '\'']) == "ConfigMap")
+    });
+    if !is_configmap || nesting_beyond(text, MAX_NESTING).is_some() {
+        return None;
+    }
+    let manifest: ConfigMapManifest = match serde_yaml_ng::from_str(text) {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            return Some(Err(format!(
+                "looks like a ConfigMap but is not valid YAML: {}",
+                describe_syntax_error(&err, text)
+            )));
+        }
+    };
+    if manifest.kind != "ConfigMap" {
+        return None;
+    }
+    let name = manifest
+        .metadata
+        .and_then(|m| m.name)
+        .map_or_else(|| "(no name)".to_owned(), |n| shorten(&n));
+    let mut data = manifest.data.unwrap_or_default();
+    let Some(config) = data.remove(CONFIGMAP_KEY) else {
+        let keys: Vec<String> = data.keys().map(|k| format!("`{}`", shorten(k))).collect();
+        return Some(Err(format!(
+            "is the ConfigMap `{name}`, whose `data` has no `{CONFIGMAP_KEY}` key (it has {}); image-sync reads its config from `data.\"{CONFIGMAP_KEY}\"`",
+            if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            }
+        )));
+    };
+    let offset = block_offset(text, &config);
+    Some(Ok(EmbeddedConfig {
+        name,
+        config,
+        offset,
+    }))
+}
+
+/// Where a block scalar holding `value` starts in `text` (0-based line of its first line,
+/// and its indentation), when each of its lines is verbatim there.
+fn block_offset(text: &str, value: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_line = lines.iter().position(|line| {
+        let trimmed = line.trim_start();
+        [CONFIGMAP_KEY, "\"config.yaml\"", "'config.yaml'"]
+            .iter()
+            .any(|key| {
+                trimmed
+                    .strip_prefix(key)
+                    .and_then(|rest| rest.trim_start().strip_prefix(':'))
+                    .is_some_and(|rest| rest.trim_start().starts_with('|'))
+            })
+    })?;
+    let first = key_line + 1;
+    let body = &lines[first..];
+    let indent = body
+        .iter()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.len() - line.trim_start_matches(' ').len())?;
+    let verbatim = value.lines().enumerate().all(|(i, line)| {
+        body.get(i).is_some_and(|file_line| {
+            (line.is_empty() && file_line.trim().is_empty())
+                || file_line.get(indent..) == Some(line)
+        })
+    });
+    verbatim.then_some((first, indent))
 }
 
 /// Parses config bytes; the error is one line with the YAML location when known.
@@ -402,6 +572,49 @@ settings:
         // A port is not a tag.
         let message = error_of("cache_registry: c\nimages:\n  - source: \"127.0.0.1:5000/app\"\n");
         assert!(!message.contains("move"), "{message}");
+    }
+
+    const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sync\ndata:\n  config.yaml: |\n    cache_registry: c:5000\n    images:\n      - source: nginx\n        tag: \"1\"\n";
+
+    #[test]
+    fn a_configmap_holds_the_config_under_config_yaml() {
+        let embedded = embedded_config(CONFIGMAP)
+            .expect("a ConfigMap")
+            .expect("with config.yaml");
+        assert_eq!(embedded.name, "sync");
+        assert_eq!(embedded.offset, Some((6, 4)));
+        let config = parse(embedded.config.as_bytes()).expect("valid");
+        assert_eq!(config.images[0].source, "nginx");
+        assert!(embedded_config("cache_registry: c\nimages: []\n").is_none());
+        assert!(embedded_config("kind: Deployment\n").is_none());
+        let without = embedded_config(&CONFIGMAP.replace("config.yaml", "other.yaml"))
+            .expect("a ConfigMap")
+            .expect_err("no config.yaml");
+        assert!(
+            without.contains("`data` has no `config.yaml` key (it has `other.yaml`)"),
+            "{without}"
+        );
+    }
+
+    #[test]
+    fn errors_inside_a_configmap_point_at_the_files_lines() {
+        let broken = CONFIGMAP.replace("        tag:", "       tag:");
+        let embedded = embedded_config(&broken)
+            .expect("a ConfigMap")
+            .expect("with config.yaml");
+        let message = embedded.to_file_lines(&error_of(&embedded.config));
+        // The mis-indented `tag` is line 10, column 8 of the file (line 4, column 4 inside).
+        assert!(message.contains("at line 10 column 8"), "{message}");
+        // A value that is not a verbatim block says how lines are counted instead.
+        let flow = EmbeddedConfig {
+            name: "x".to_owned(),
+            config: String::new(),
+            offset: None,
+        };
+        assert_eq!(
+            flow.to_file_lines("bad at line 2 column 3"),
+            "bad at line 2 column 3 (lines counted from the start of `config.yaml`)"
+        );
     }
 
     #[test]

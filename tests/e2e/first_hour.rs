@@ -73,3 +73,54 @@ fn a_docker_io_key_in_the_docker_config_warns_at_check_and_at_run_start() {
         check.stderr
     );
 }
+
+/// The ConfigMap the cluster mounts.
+const CONFIGMAP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/k8s/clusters/scale-test/infrastructure/image-sync/configmap.yaml"
+);
+
+#[test]
+fn check_reads_the_config_out_of_the_real_configmap() {
+    let outcome = ImageSync::new()
+        .arg("--check")
+        .arg("--config")
+        .arg(CONFIGMAP)
+        .run();
+    outcome.expect_code(0);
+    assert!(
+        outcome
+            .stderr
+            .contains("is valid: 4 image(s) into image-cache.image-cache.svc.cluster.local:5000"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stderr.contains("[2] docker.io/library/nginx:1.27-alpine -> image-cache.image-cache.svc.cluster.local:5000/library/nginx:1.27-alpine"),
+        "{}",
+        outcome.stderr
+    );
+
+    // A mis-indented `tag` in the ConfigMap is reported at the file's own line.
+    let text = std::fs::read_to_string(CONFIGMAP).expect("read the ConfigMap");
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "        tag: \"0.35.1\"")
+        .expect("the first image's tag line");
+    let run = ImageSync::new();
+    let broken = run.write(
+        "configmap.yaml",
+        text.replace("        tag: \"0.35.1\"", "       tag: \"0.35.1\"")
+            .as_bytes(),
+    );
+    let outcome = run.arg("--check").arg("--config").arg(&broken).run();
+    outcome.expect_code(2);
+    assert!(
+        outcome.stderr.contains(&format!(
+            "{} (ConfigMap `image-sync-config`, key `config.yaml`): did not find expected '-' indicator at line {line} column 8",
+            broken.display()
+        )),
+        "{}",
+        outcome.stderr
+    );
+}
