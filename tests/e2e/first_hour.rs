@@ -1,10 +1,11 @@
 //! The first hour of a new user: mistakes caught at `--check` that used to show up only in
 //! the cluster (Docker Hub credentials under a key crane ignores, a ConfigMap checked
-//! as it is), and logs that say what they looked at.
+//! as it is), and logs that say what image-sync did (no library noise at `RUST_LOG=debug`)
+//! and where it looked for crane.
 
 use crate::support::image::{self, Format, Kind};
-use crate::support::pair;
 use crate::support::runner::ImageSync;
+use crate::support::{bin_with, pair};
 
 /// A Docker config with Docker Hub credentials keyed `docker.io`: crane ignores that key.
 const DOCKER_IO_KEYED: &str = r#"{"auths": {"docker.io": {"auth": "c3luYy1ib3Q6czNjcmV0"}}}"#;
@@ -123,4 +124,84 @@ fn check_reads_the_config_out_of_the_real_configmap() {
         "{}",
         outcome.stderr
     );
+}
+
+/// Lines the HTTP client's libraries log at debug (connection pool, connector).
+const LIBRARY_NOISE: &[&str] = &[
+    "idle connection",
+    "connecting to",
+    "starting new connection",
+];
+
+#[test]
+fn rust_log_debug_shows_image_sync_and_hides_library_noise() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "debug-log",
+        &format!("{up}/team/debug:1"),
+        Format::Oci,
+    );
+    let yaml = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/team/debug\", tag: \"1\"}}\n",
+        p.cache.host()
+    );
+    let noisy = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|line| LIBRARY_NOISE.iter().any(|noise| line.contains(noise)))
+            .count()
+    };
+
+    let run = ImageSync::new()
+        .config(&yaml)
+        .env("RUST_LOG", "debug")
+        .run();
+    run.expect_code(0);
+    assert!(run.stderr.contains("spawned child"), "{}", run.stderr);
+    assert_eq!(noisy(&run.stderr), 0, "{}", run.stderr);
+
+    // Asked for by name, a library's debug lines are there: the filter above is what hid them.
+    let asked = ImageSync::new()
+        .config(&yaml)
+        .env("RUST_LOG", "debug,hyper_util=debug,reqwest=debug")
+        .run();
+    asked.expect_code(0);
+    assert_eq!(asked.actions(), ["already_cached"]);
+    assert!(noisy(&asked.stderr) > 0, "{}", asked.stderr);
+}
+
+#[test]
+fn the_missing_crane_warning_says_where_it_looked_and_what_it_costs() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "no-crane",
+        &format!("{up}/team/nocrane:1"),
+        Format::Oci,
+    );
+    let yaml = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/team/nocrane\", tag: \"1\"}}\n",
+        p.cache.host()
+    );
+    let run = ImageSync::new().config(&yaml);
+    let only_skopeo = bin_with(run.dir(), &[&p.tools.skopeo]);
+    let outcome = run.env("PATH", &only_skopeo).run();
+    outcome.expect_code(0);
+    for fragment in [
+        format!("crane is not on PATH (looked in {})", only_skopeo.display()),
+        "copies go through skopeo".to_owned(),
+        "manifest GETs that spend pull quota".to_owned(),
+        "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1".to_owned(),
+    ] {
+        assert!(
+            outcome.stderr.contains(&fragment),
+            "missing {fragment:?} in {}",
+            outcome.stderr
+        );
+    }
 }
