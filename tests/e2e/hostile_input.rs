@@ -356,6 +356,9 @@ fn generated_config() -> impl Strategy<Value = GeneratedConfig> {
             prop::option::of(0..400_u64),
             prop::option::of(0..400_u64),
             prop::collection::vec(field("[a-z0-9.]{1,10}(:[0-9]{2,5})?"), 0..3),
+            // An entry must name a registry of the config: list the cache's host too, so
+            // that plans with insecure registries are accepted often enough to be checked.
+            any::<bool>(),
         )),
     )
         .prop_map(|(cache, cache_style, images, settings)| {
@@ -372,7 +375,10 @@ fn generated_config() -> impl Strategy<Value = GeneratedConfig> {
                     quoted_images.push((index, source, tag));
                 }
             }
-            if let Some((concurrency, pull, check, insecure)) = settings {
+            if let Some((concurrency, pull, check, mut insecure, list_cache)) = settings {
+                if list_cache {
+                    insecure.push(cache.split('/').next().unwrap_or_default().to_owned());
+                }
                 yaml.push_str("settings:\n");
                 for (key, value) in [
                     ("concurrency", concurrency),
