@@ -205,3 +205,59 @@ fn the_missing_crane_warning_says_where_it_looked_and_what_it_costs() {
         );
     }
 }
+
+/// `scripts/install-test-tools --demo` (what `scripts/demo` runs first) with a PATH that has
+/// only `bash`, `dirname` and, optionally, a fake `go` printing `version`.
+fn install_tools_without_a_usable_go(go_version: Option<&str>) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("dir");
+    let needed: Vec<std::path::PathBuf> = ["bash", "dirname"]
+        .iter()
+        .map(|tool| crate::support::find_tool(tool).expect("bash and dirname are on PATH"))
+        .collect();
+    let needed: Vec<&std::path::Path> = needed.iter().map(|p| p.as_path()).collect();
+    let bin = bin_with(dir.path(), &needed);
+    if let Some(version) = go_version {
+        crate::support::write_script(
+            &bin.join("go"),
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\n  env) echo {version} ;;\n  *) echo \"go version {version} linux/amd64\" ;;\nesac\n"
+            ),
+        );
+    }
+    std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/install-test-tools"
+    ))
+    .arg("--demo")
+    .env("PATH", &bin)
+    .output()
+    .expect("run scripts/install-test-tools")
+}
+
+#[test]
+fn without_go_the_install_script_says_what_to_install() {
+    let output = install_tools_without_a_usable_go(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for fragment in [
+        "install-test-tools: Go is not installed: install Go >= 1.21",
+        "https://go.dev/dl/",
+        "Debian 12's `apt-get install golang-go` gives Go 1.19, which is too old",
+    ] {
+        assert!(
+            stderr.contains(fragment),
+            "missing {fragment:?} in {stderr}"
+        );
+    }
+    assert!(!stderr.contains("command not found"), "{stderr}");
+
+    let output = install_tools_without_a_usable_go(Some("go1.19.8"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "install-test-tools: go version go1.19.8 linux/amd64 is too old: install Go >= 1.21"
+        ),
+        "{stderr}"
+    );
+}
