@@ -41,10 +41,6 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::USAGE;
         }
     };
-    // At --check and at the start of a run: crane would go anonymous without a word.
-    if let Some(warning) = hub_key::check_docker_config() {
-        tracing::warn!("{warning}");
-    }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         return exit::SUCCESS;
@@ -67,6 +63,10 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     let mut plan = plan::resolve(raw, &cli.config).map_err(|err| err.to_string())?;
     if let Some(secs) = cli.deadline {
         plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
+    }
+    // At --check and at the start of a run: crane would go anonymous without a word.
+    if let Some(warning) = hub_key::check_docker_config() {
+        tracing::warn!("{warning}");
     }
     Ok(plan)
 }
@@ -156,8 +156,7 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
 }
 
 /// How to get crane, for the warnings when it is missing.
-const CRANE_INSTALL: &str =
-    "`go install github.com/google/go-containerregistry/cmd/crane@v0.22.1`, or the release binary";
+const CRANE_INSTALL: &str = "`go install github.com/google/go-containerregistry/cmd/crane@v0.22.1`, or a release binary from github.com/google/go-containerregistry/releases";
 
 /// The PATH directories the tools were looked up in, for the warnings when one is missing.
 fn path_dirs() -> String {
