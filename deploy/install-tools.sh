@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what tests/deploy needs on a fresh Debian machine, and nothing that
-# is already there (safe to run on every CI run):
-#   - Python packages from tests/deploy/requirements.txt (pinned)
+# is already there (safe to run on every CI run), printing each step:
+#   - a Python venv at target/deploy-venv with tests/deploy/requirements.txt
+#     (pinned), so nothing is installed into the system Python (Debian's refuses
+#     pip installs, and may not have pip at all); run the checks with
+#     target/deploy-venv/bin/python -m pytest tests/deploy
 #   - kustomize, built from source with `go install` (needs Go >= 1.22)
 #   - nix-instantiate (Debian package nix-bin), for `nix-instantiate --parse`
 #     and the stub evaluation of flake.nix
@@ -10,12 +13,26 @@ set -euo pipefail
 
 KUSTOMIZE_VERSION="v5.8.1"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+apt_install() {
+    echo "install-tools: apt-get install $*"
+    "${sudo_cmd[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q "$@"
+}
 
 # --- Python ---------------------------------------------------------------
 req="$repo/tests/deploy/requirements.txt"
-if ! python3 -m pip install --quiet --disable-pip-version-check -r "$req"; then
-    # Debian's system Python refuses pip installs (PEP 668) unless told to.
-    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages -r "$req"
+venv="$repo/target/deploy-venv"
+if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
+    echo "install-tools: Python venv $venv with $(grep -c '^[^#]' "$req") pinned packages"
+    if ! python3 -m venv --clear "$venv" 2>/dev/null; then
+        # Debian ships venv (and ensurepip) separately from python3.
+        apt_install python3-venv
+        python3 -m venv --clear "$venv"
+    fi
+    "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$req"
+    cp "$req" "$venv/requirements.txt"
 fi
 
 # --- kustomize ------------------------------------------------------------
@@ -27,17 +44,15 @@ gobin="$(go env GOPATH)/bin"
 if [ -x "$gobin/kustomize" ] && [ "$("$gobin/kustomize" version 2>/dev/null)" = "$KUSTOMIZE_VERSION" ]; then
     echo "install-tools: kustomize $KUSTOMIZE_VERSION already in $gobin"
 else
+    echo "install-tools: go install kustomize $KUSTOMIZE_VERSION (downloads and compiles: a few minutes)"
     # Outside the repo so no go.mod/go.work of ours can interfere.
-    (cd /tmp && GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION")
+    (cd /tmp && GOFLAGS=-mod=mod go install -v "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION")
     echo "install-tools: installed kustomize $("$gobin/kustomize" version) in $gobin"
 fi
 
 # --- nix-instantiate ------------------------------------------------------
 if ! command -v nix-instantiate >/dev/null 2>&1; then
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nix-bin
+    apt_install nix-bin
 fi
 echo "install-tools: $(nix-instantiate --version)"
 

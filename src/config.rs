@@ -8,13 +8,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::reference::{ReferenceError, Repository, shorten};
+
 /// The largest config file image-sync reads. A ConfigMap holds at most 1 MiB; anything much
 /// larger is a mistake (or hostile), and reading it would only waste memory.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The config file as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `cache_registry`, `images` and optionally `settings` at the top level"
+)]
 pub struct RawConfig {
     /// `host[:port]` of the cache registry, optionally followed by a path prefix.
     pub cache_registry: String,
@@ -27,7 +32,10 @@ pub struct RawConfig {
 
 /// One entry of `images`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an image: a mapping with `source`, `tag` and optionally `cache_as`"
+)]
 pub struct RawImage {
     /// Repository without tag or digest (`docker.io/library/nginx`, `nginx`).
     pub source: String,
@@ -40,7 +48,10 @@ pub struct RawImage {
 
 /// `settings`, all optional.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of settings such as `concurrency: 2` (see the README's Config section)"
+)]
 pub struct RawSettings {
     /// Copies at once (default 2).
     pub concurrency: Option<u64>,
@@ -108,11 +119,16 @@ pub struct LoadError {
     pub path: PathBuf,
     /// One line saying what is wrong, with the line and column when YAML gave them.
     pub message: String,
+    /// Where in the file the config sits, when it is not the whole file (a ConfigMap key).
+    pub within: Option<String>,
 }
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
+        match &self.within {
+            Some(within) => write!(f, "{} ({within}): {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
     }
 }
 
@@ -123,6 +139,7 @@ pub fn load(path: &Path) -> Result<RawConfig, LoadError> {
     let fail = |message: String| LoadError {
         path: path.to_owned(),
         message,
+        within: None,
     };
     let metadata = std::fs::metadata(path).map_err(|err| fail(read_error_hint(&err)))?;
     if !metadata.is_file() {
@@ -135,7 +152,171 @@ pub fn load(path: &Path) -> Result<RawConfig, LoadError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|err| fail(read_error_hint(&err)))?;
-    parse(&bytes).map_err(fail)
+    match std::str::from_utf8(&bytes).ok().and_then(embedded_config) {
+        Some(embedded) => {
+            let text = embedded.map_err(&fail)?;
+            parse(text.config.as_bytes()).map_err(|message| LoadError {
+                within: Some(format!("ConfigMap `{}`, key `{CONFIGMAP_KEY}`", text.name)),
+                ..fail(text.to_file_lines(&message))
+            })
+        }
+        None => parse(&bytes).map_err(fail),
+    }
+}
+
+/// The key of a ConfigMap's `data` that holds image-sync's config (the CronJob mounts it
+/// as `/etc/image-sync/config.yaml`).
+pub const CONFIGMAP_KEY: &str = "config.yaml";
+
+/// A config read out of a Kubernetes ConfigMap manifest, so that
+/// `image-sync --check --config configmap.yaml` checks what the cluster will mount.
+#[derive(Debug)]
+struct EmbeddedConfig {
+    /// `metadata.name`, for messages.
+    name: String,
+    /// The value of `data."config.yaml"`.
+    config: String,
+    /// Where the value's first line sits in the file (0-based line) and by how many
+    /// columns it is indented there, when it is a block scalar whose lines are verbatim
+    /// in the file: then error locations can be moved to the file's lines.
+    offset: Option<(usize, usize)>,
+}
+
+impl EmbeddedConfig {
+    /// Rewrites every `line N column M` in a message from the embedded config's numbering
+    /// to the file's; without a known offset, says how lines are counted instead.
+    fn to_file_lines(&self, message: &str) -> String {
+        let Some((first_line, indent)) = self.offset else {
+            return format!("{message} (lines counted from the start of `config.yaml`)");
+        };
+        let mut out = String::new();
+        let mut rest = message;
+        while let Some(at) = rest.find("line ") {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let parsed = (|| {
+                let after = rest.strip_prefix("line ")?;
+                let line_len = after.find(|c: char| !c.is_ascii_digit())?;
+                let line: usize = after[..line_len].parse().ok()?;
+                let after = after[line_len..].strip_prefix(" column ")?;
+                let column_len = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
+                let column: usize = after[..column_len].parse().ok()?;
+                let consumed = "line ".len() + line_len + " column ".len() + column_len;
+                Some((line, column, consumed))
+            })();
+            match parsed {
+                Some((line, column, consumed)) => {
+                    out.push_str(&format!(
+                        "line {} column {}",
+                        line + first_line,
+                        column + indent
+                    ));
+                    rest = &rest[consumed..];
+                }
+                None => {
+                    out.push_str("line ");
+                    rest = &rest["line ".len()..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// The ConfigMap manifest's parts image-sync reads (everything else is Kubernetes').
+#[derive(Deserialize)]
+struct ConfigMapManifest {
+    kind: String,
+    #[serde(default)]
+    metadata: Option<ConfigMapMetadata>,
+    #[serde(default)]
+    data: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct ConfigMapMetadata {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `Some` when the file is a Kubernetes ConfigMap manifest (a top-level `kind: ConfigMap`
+/// line, then parsed as one): its `config.yaml`, or why it has none.
+fn embedded_config(text: &str) -> Option<Result<EmbeddedConfig, String>> {
+    // Cheap first: an image-sync config never has a top-level `kind`.
+    let is_configmap = text.lines().any(|line| {
+        line.strip_prefix("kind:")
+            .is_some_and(|kind| kind.trim().trim_matches(['"', '\'']) == "ConfigMap")
+    });
+    if !is_configmap || nesting_beyond(text, MAX_NESTING).is_some() {
+        return None;
+    }
+    let manifest: ConfigMapManifest = match serde_yaml_ng::from_str(text) {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            return Some(Err(format!(
+                "looks like a ConfigMap but is not valid YAML: {}",
+                describe_syntax_error(&err, text)
+            )));
+        }
+    };
+    if manifest.kind != "ConfigMap" {
+        return None;
+    }
+    let name = manifest
+        .metadata
+        .and_then(|m| m.name)
+        .map_or_else(|| "(no name)".to_owned(), |n| shorten(&n));
+    let mut data = manifest.data.unwrap_or_default();
+    let Some(config) = data.remove(CONFIGMAP_KEY) else {
+        let keys: Vec<String> = data.keys().map(|k| format!("`{}`", shorten(k))).collect();
+        return Some(Err(format!(
+            "is the ConfigMap `{name}`, whose `data` has no `{CONFIGMAP_KEY}` key (it has {}); image-sync reads its config from `data.\"{CONFIGMAP_KEY}\"`",
+            if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            }
+        )));
+    };
+    let offset = block_offset(text, &config);
+    Some(Ok(EmbeddedConfig {
+        name,
+        config,
+        offset,
+    }))
+}
+
+/// Where a block scalar holding `value` starts in `text` (0-based line of its first line,
+/// and its indentation), when each of its lines is verbatim there.
+fn block_offset(text: &str, value: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_line = lines.iter().position(|line| {
+        let trimmed = line.trim_start();
+        [CONFIGMAP_KEY, "\"config.yaml\"", "'config.yaml'"]
+            .iter()
+            .any(|key| {
+                trimmed
+                    .strip_prefix(key)
+                    .and_then(|rest| rest.trim_start().strip_prefix(':'))
+                    .is_some_and(|rest| rest.trim_start().starts_with('|'))
+            })
+    })?;
+    let first = key_line + 1;
+    let body = &lines[first..];
+    let indent = body
+        .iter()
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.len() - line.trim_start_matches(' ').len())?;
+    let verbatim = value.lines().enumerate().all(|(i, line)| {
+        body.get(i).is_some_and(|file_line| {
+            (line.is_empty() && file_line.trim().is_empty())
+                || file_line.get(indent..) == Some(line)
+        })
+    });
+    verbatim.then_some((first, indent))
 }
 
 /// Parses config bytes; the error is one line with the YAML location when known.
@@ -154,10 +335,20 @@ pub fn parse(bytes: &[u8]) -> Result<RawConfig, String> {
             "nests `[`/`{{` deeper than {MAX_NESTING} levels (at byte {depth}); a config needs a handful"
         ));
     }
-    serde_yaml_ng::from_str::<RawConfig>(text).map_err(|err| describe_yaml_error(&err, text))
+    serde_yaml_ng::from_str::<RawConfig>(text).map_err(|err| {
+        // serde_yaml_ng keeps the events read before a syntax error and deserializes those
+        // first, so a mis-indented `tag` showed up as "missing field `tag`" at the start of
+        // its image, lines before the real mistake. Any error a walk over the whole document
+        // finds (syntax, aliases) comes first: it is the cause.
+        match serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text) {
+            Err(syntax) => describe_syntax_error(&syntax, text),
+            Ok(_) => describe_yaml_error(&err, text),
+        }
+    })
 }
 
-/// serde_yaml_ng's message, made to name the image when the error sits inside one.
+/// serde_yaml_ng's message, made to name the image when the error sits inside one, and to
+/// say what to do about a tag written into `source`.
 fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     let message = shorten_keeping_location(&err.to_string().replace('\n', " "));
     let Some(rest) = message.strip_prefix("images[") else {
@@ -166,13 +357,61 @@ fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     let Some(index) = rest.split(']').next().and_then(|i| i.parse::<usize>().ok()) else {
         return message;
     };
-    match image_source_at(text, index) {
-        Some(source) => format!(
-            "images[{index}] (source `{source}`){}",
-            &rest[rest.find(']').map_or(0, |i| i + 1)..]
-        ),
-        None => message,
+    let Some(source) = image_source_at(text, index) else {
+        return message;
+    };
+    let mut described = format!(
+        "images[{index}] (source `{}`){}",
+        shorten(&source),
+        &rest[rest.find(']').map_or(0, |i| i + 1)..]
+    );
+    // Without this the tag hint came only on the next run, from the plan's checks.
+    if message.contains("missing field `tag`") {
+        if let Err(ReferenceError::TagInSource(tag)) = Repository::parse_source(&source) {
+            let repository = &source[..source.len() - tag.len() - 1];
+            described.push_str(&format!(
+                "; the tag is in `source`: move `{tag}` into `tag:` (`source: \"{}\"` and `tag: \"{tag}\"`)",
+                shorten(repository)
+            ));
+        }
     }
+    described
+}
+
+/// A YAML syntax error, with the tab named when a tab is what broke it, and a word on
+/// indentation when the structure did not line up.
+fn describe_syntax_error(err: &serde_yaml_ng::Error, text: &str) -> String {
+    let message = shorten_keeping_location(&err.to_string().replace('\n', " "));
+    let location = err.location().map(|l| (l.line(), l.column()));
+    if let Some((line, column)) = location.and_then(|(l, c)| tab_near(text, l, c)) {
+        return format!(
+            "a tab character at line {line} column {column}; YAML indents with spaces: replace the tab with spaces (the parser said: {message})"
+        );
+    }
+    let misaligned = [
+        "did not find expected",
+        "expected <block end>",
+        "mapping values are not allowed",
+    ];
+    if misaligned.iter().any(|m| message.contains(m)) {
+        return format!(
+            "{message}; check the indentation there: the keys of one mapping start in the same column (an image's `tag` right under its `source`)"
+        );
+    }
+    message
+}
+
+/// Where a tab sits that breaks the YAML at `line`/`column` (1-based): at that position or
+/// in that line's indentation. Tabs inside values are fine and not reported.
+fn tab_near(text: &str, line: usize, column: usize) -> Option<(usize, usize)> {
+    let content = text.lines().nth(line.checked_sub(1)?)?;
+    if content.chars().nth(column.checked_sub(1)?) == Some('\t') {
+        return Some((line, column));
+    }
+    let indentation = content.len() - content.trim_start_matches([' ', '\t']).len();
+    content[..indentation]
+        .find('\t')
+        .map(|offset| (line, offset + 1))
 }
 
 /// Deeper flow nesting than this is refused before parsing: the YAML parser's time grows
@@ -301,6 +540,120 @@ settings:
         assert!(
             error_of("cache_registry: c\nimages: []\nsettings:\n  concurrency: -1\n")
                 .contains("concurrency")
+        );
+    }
+
+    #[test]
+    fn a_mis_indented_key_is_reported_at_its_own_line() {
+        // `tag` one space short: the real error is on line 6, not "missing field `tag`" at
+        // the start of the image on line 5.
+        let message = error_of(
+            "cache_registry: c:5000\nimages:\n  - source: nginx\n    tag: \"1\"\n  - source: redis\n   tag: \"7\"\n",
+        );
+        assert!(message.contains("at line 6 column 4"), "{message}");
+        assert!(!message.contains("missing field"), "{message}");
+        assert!(message.contains("check the indentation"), "{message}");
+    }
+
+    #[test]
+    fn a_tab_is_named_with_its_line_and_column() {
+        for (yaml, at) in [
+            ("\tcache_registry: c\nimages: []\n", "line 1 column 1"),
+            (
+                "cache_registry: c\nimages:\n\t- {source: a, tag: b}\n",
+                "line 3 column 1",
+            ),
+            (
+                "cache_registry: c\nimages:\n  - source: a\n  \ttag: b\n",
+                "line 4 column 3",
+            ),
+        ] {
+            let message = error_of(yaml);
+            assert!(
+                message.starts_with(&format!(
+                    "a tab character at {at}; YAML indents with spaces"
+                )),
+                "{message}"
+            );
+        }
+        // A tab inside a value is no error.
+        assert!(parse(b"cache_registry: c\nimages:\n  - source: a\n    tag:\tb\n").is_ok());
+    }
+
+    #[test]
+    fn wrong_shapes_are_described_without_internal_type_names() {
+        for yaml in [
+            "just a string\n",
+            "- a\n",
+            "cache_registry: c\nimages: [nginx]\n",
+            "cache_registry: c\nimages: [{source: a, tag: b}]\nsettings: 3\n",
+        ] {
+            let message = error_of(yaml);
+            assert!(!message.contains("Raw"), "{message}");
+            assert!(!message.contains("struct"), "{message}");
+        }
+        assert!(
+            error_of("just a string\n")
+                .contains("expected a mapping with `cache_registry`, `images` and optionally `settings` at the top level")
+        );
+        assert!(
+            error_of("cache_registry: c\nimages: [nginx]\n")
+                .contains("expected an image: a mapping with `source`, `tag`")
+        );
+    }
+
+    #[test]
+    fn a_tag_in_source_without_a_tag_field_says_where_to_move_it_at_once() {
+        let message = error_of("cache_registry: c\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
+        assert!(
+            message.starts_with("images[0] (source `nginx:1.27-alpine`): missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:` (`source: \"nginx\"` and `tag: \"1.27-alpine\"`)"),
+            "{message}"
+        );
+        // A port is not a tag.
+        let message = error_of("cache_registry: c\nimages:\n  - source: \"127.0.0.1:5000/app\"\n");
+        assert!(!message.contains("move"), "{message}");
+    }
+
+    const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sync\ndata:\n  config.yaml: |\n    cache_registry: c:5000\n    images:\n      - source: nginx\n        tag: \"1\"\n";
+
+    #[test]
+    fn a_configmap_holds_the_config_under_config_yaml() {
+        let embedded = embedded_config(CONFIGMAP)
+            .expect("a ConfigMap")
+            .expect("with config.yaml");
+        assert_eq!(embedded.name, "sync");
+        assert_eq!(embedded.offset, Some((6, 4)));
+        let config = parse(embedded.config.as_bytes()).expect("valid");
+        assert_eq!(config.images[0].source, "nginx");
+        assert!(embedded_config("cache_registry: c\nimages: []\n").is_none());
+        assert!(embedded_config("kind: Deployment\n").is_none());
+        let without = embedded_config(&CONFIGMAP.replace("config.yaml", "other.yaml"))
+            .expect("a ConfigMap")
+            .expect_err("no config.yaml");
+        assert!(
+            without.contains("`data` has no `config.yaml` key (it has `other.yaml`)"),
+            "{without}"
+        );
+    }
+
+    #[test]
+    fn errors_inside_a_configmap_point_at_the_files_lines() {
+        let broken = CONFIGMAP.replace("        tag:", "       tag:");
+        let embedded = embedded_config(&broken)
+            .expect("a ConfigMap")
+            .expect("with config.yaml");
+        let message = embedded.to_file_lines(&error_of(&embedded.config));
+        // The mis-indented `tag` is line 10, column 8 of the file (line 4, column 4 inside).
+        assert!(message.contains("at line 10 column 8"), "{message}");
+        // A value that is not a verbatim block says how lines are counted instead.
+        let flow = EmbeddedConfig {
+            name: "x".to_owned(),
+            config: String::new(),
+            offset: None,
+        };
+        assert_eq!(
+            flow.to_file_lines("bad at line 2 column 3"),
+            "bad at line 2 column 3 (lines counted from the start of `config.yaml`)"
         );
     }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod exit;
+pub mod hub_key;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
@@ -61,6 +62,10 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     let mut plan = plan::resolve(raw, &cli.config).map_err(|err| err.to_string())?;
     if let Some(secs) = cli.deadline {
         plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
+    }
+    // At --check and at the start of a run: crane would go anonymous without a word.
+    if let Some(warning) = hub_key::check_docker_config() {
+        tracing::warn!("{warning}");
     }
     Ok(plan)
 }
@@ -179,11 +184,13 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
     match (toolbox.crane(), toolbox.skopeo()) {
         (Some(_), _) => {}
         (None, Some(_)) => tracing::warn!(
-            "crane is not on PATH: copies use skopeo, and digest checks image-sync cannot do itself (credential helpers, unusual answers) use skopeo inspect, manifest GETs that spend pull quota (Docker Hub counts each one)"
+            "crane is not on PATH (looked in {}): copies go through skopeo, and the digest checks image-sync cannot do itself (credential helpers, unusual answers) go through `skopeo inspect --raw`, manifest GETs that spend pull quota (Docker Hub counts each one) where crane's HEADs spend none. Install crane ({CRANE_INSTALL}) or add its directory to PATH",
+            path_dirs()
         ),
-        (None, None) => {
-            tracing::error!("neither crane nor skopeo is on PATH: every image will fail")
-        }
+        (None, None) => tracing::error!(
+            "neither crane nor skopeo is on PATH (looked in {}): every image will fail. Install crane ({CRANE_INSTALL}) or add its directory to PATH",
+            path_dirs()
+        ),
     }
     tracing::info!(
         images = plan.jobs.len(),
@@ -193,6 +200,25 @@ fn announce(plan: &Plan, toolbox: &Toolbox, dry_run: bool) {
         cache = %plan.cache_registry,
         "starting sync"
     );
+}
+
+/// How to get crane, for the warnings when it is missing.
+const CRANE_INSTALL: &str = "`go install github.com/google/go-containerregistry/cmd/crane@v0.22.1`, or a release binary from github.com/google/go-containerregistry/releases";
+
+/// The PATH directories the tools were looked up in, for the warnings when one is missing.
+fn path_dirs() -> String {
+    let dirs: Vec<String> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| reference::shorten(&dir.to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if dirs.is_empty() {
+        "PATH is empty or unset".to_owned()
+    } else {
+        dirs.join(":")
+    }
 }
 
 /// The resolved plan, one image per line, for `--check`.

@@ -182,6 +182,31 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         jobs.push(job);
     }
 
+    if let Ok((cache_host, _)) = &cache {
+        let sources: Option<Vec<Repository>> = raw
+            .images
+            .iter()
+            .map(|image| Repository::parse_source(&image.source).ok())
+            .collect();
+        // With a source that does not parse, its registry is unknown: no guessing then.
+        if let Some(sources) = sources {
+            let named: BTreeSet<&str> = std::iter::once(cache_host.as_str())
+                .chain(sources.iter().map(Repository::host))
+                .collect();
+            for (i, entry) in raw.settings.insecure_registries.iter().enumerate() {
+                let Ok(host) = reference::parse_host(entry) else {
+                    continue; // reported with the settings
+                };
+                if !named.contains(host.as_str()) {
+                    problem(
+                        format!("settings.insecure_registries[{i}]"),
+                        unlisted_insecure_entry(entry, &host, &named),
+                    );
+                }
+            }
+        }
+    }
+
     match (cache, settings) {
         (Ok((cache_host, _)), Some(settings)) if problems.is_empty() => Ok(Plan {
             config_path: config_path.to_owned(),
@@ -195,6 +220,28 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             problems,
         }),
     }
+}
+
+/// The message for an `insecure_registries` entry that names no registry of the config:
+/// it would silently match nothing, and the cache would fail in the cluster instead.
+fn unlisted_insecure_entry(entry: &str, host: &str, named: &BTreeSet<&str>) -> String {
+    let (name, port) = reference::split_port(host);
+    let same_name: Vec<&str> = named
+        .iter()
+        .copied()
+        .filter(|known| reference::split_port(known).0 == name)
+        .collect();
+    let fix = match (same_name.first(), port) {
+        (Some(known), None) => format!("add the port: `{known}`"),
+        (Some(known), Some(_)) => format!("the port differs: write `{known}`"),
+        (None, _) => "write the host exactly as in `cache_registry` or an image's `source` (with its port), or remove the entry".to_owned(),
+    };
+    let listed: Vec<String> = named.iter().map(|known| format!("`{known}`")).collect();
+    format!(
+        "`{}` names no registry of this config (it names {}); {fix}",
+        shorten(entry),
+        listed.join(", ")
+    )
 }
 
 /// `host[:port]` plus an optional path prefix under which every image lands.
@@ -546,6 +593,32 @@ mod tests {
             );
         }
         assert_eq!(found.len(), expected_fragments.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn an_insecure_entry_must_name_a_registry_of_the_config() {
+        let config = |entry: &str| {
+            format!(
+                "cache_registry: Cache.Local:5000/mirror\nimages:\n  - {{source: nginx, tag: x}}\n  - {{source: 127.0.0.1:5001/a, tag: x}}\nsettings:\n  insecure_registries: ['{entry}']\n"
+            )
+        };
+        for ok in ["cache.local:5000", "CACHE.local:5000", "127.0.0.1:5001"] {
+            let plan = plan(&config(ok)).expect(ok);
+            assert_eq!(plan.settings.insecure_registries.len(), 1);
+        }
+        assert_eq!(
+            problems(&config("cache.local")),
+            [
+                "settings.insecure_registries[0]: `cache.local` names no registry of this config (it names `127.0.0.1:5001`, `cache.local:5000`, `docker.io`); add the port: `cache.local:5000`"
+            ]
+        );
+        assert!(
+            problems(&config("127.0.0.1:5000"))[0]
+                .ends_with("the port differs: write `127.0.0.1:5001`")
+        );
+        assert!(problems(&config("other:5000"))[0].ends_with(
+            "write the host exactly as in `cache_registry` or an image's `source` (with its port), or remove the entry"
+        ));
     }
 
     #[test]

@@ -36,6 +36,17 @@ pub enum ReferenceError {
     BadHost(String),
     /// A path component breaks the grammar.
     BadComponent(String),
+    /// A path component has upper-case letters (it is the lowercase one that would be valid).
+    Uppercase(String),
+    /// The first component of a source has upper-case letters and no `.` or `:`: Docker
+    /// reads it as a registry host, but it is far more likely a mistyped Docker Hub
+    /// namespace (`MyTeam/app`), which Docker Hub refuses.
+    UppercaseFirst {
+        /// The component as written.
+        component: String,
+        /// The rest of the source (for the suggestion).
+        rest: String,
+    },
     /// The whole name is longer than 255 characters.
     TooLong(usize),
     /// A tag breaks the grammar.
@@ -72,6 +83,17 @@ impl fmt::Display for ReferenceError {
                 f,
                 "has an invalid path component `{component}` (lowercase letters and digits, separated by `.`, `_`, `__` or dashes)"
             ),
+            Self::Uppercase(component) => write!(
+                f,
+                "has an invalid path component `{component}`: repository names must be lowercase (`{}`)",
+                component.to_ascii_lowercase()
+            ),
+            Self::UppercaseFirst { component, rest } => write!(
+                f,
+                "has upper-case letters in `{component}`: repository names must be lowercase (write `{}/{rest}`), and a registry host needs a `.` or a `:port` (`{}.example.com/{rest}`)",
+                component.to_ascii_lowercase(),
+                component.to_ascii_lowercase()
+            ),
             Self::TooLong(len) => {
                 write!(f, "is {len} characters long; the limit is {MAX_NAME_LEN}")
             }
@@ -104,6 +126,12 @@ impl Repository {
         }
         let (host, rest) = match raw.split_once('/') {
             Some((first, rest)) if looks_like_host(first) => (first.to_ascii_lowercase(), rest),
+            Some((first, rest)) if first.chars().any(|c| c.is_ascii_uppercase()) => {
+                return Err(ReferenceError::UppercaseFirst {
+                    component: shorten(first),
+                    rest: shorten(rest),
+                });
+            }
             _ => (DOCKER_HUB.to_owned(), raw),
         };
         validate_host(&host)?;
@@ -307,12 +335,13 @@ fn check_common(raw: &str) -> Result<(), ReferenceError> {
     Ok(())
 }
 
-/// Docker's rule: the first component names a registry when it has a `.` or `:`, is
-/// `localhost`, or has upper-case letters (paths are lowercase).
+/// The first component names a registry when it has a `.` or `:` (or is an IPv6 literal),
+/// or is `localhost`. Docker also takes a first component with upper-case letters for a
+/// host; image-sync refuses it instead ([`ReferenceError::UppercaseFirst`]): a single-label
+/// upper-case host is almost always a mistyped namespace, and lowercasing it silently
+/// changed the registry (`MyTeam/app` became host `myteam`, and did not round-trip).
 fn looks_like_host(first: &str) -> bool {
-    first.contains(['.', ':', '['])
-        || first == "localhost"
-        || first.chars().any(|c| c.is_ascii_uppercase())
+    first.contains(['.', ':', '[']) || first == "localhost"
 }
 
 fn validate_host(host: &str) -> Result<(), ReferenceError> {
@@ -353,6 +382,8 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
     path.split('/').try_for_each(|component| {
         if valid_component(component) {
             Ok(())
+        } else if valid_component(&component.to_ascii_lowercase()) {
+            Err(ReferenceError::Uppercase(shorten(component)))
         } else {
             Err(ReferenceError::BadComponent(shorten(component)))
         }
@@ -436,14 +467,35 @@ mod tests {
         assert!(source("https://ghcr.io/a").contains("scheme"));
         assert!(source("ng inx").contains("whitespace"));
         assert!(source("nginx\n--x").contains("whitespace"));
-        assert!(source("Docker.io/Nginx").contains("invalid path component `Nginx`"));
-        assert!(source("library/ngINX").contains("invalid path component"));
+        assert_eq!(
+            source("Docker.io/Nginx"),
+            "error: has an invalid path component `Nginx`: repository names must be lowercase (`nginx`)"
+        );
+        assert!(source("library/ngINX").contains("must be lowercase (`nginx`)"));
+        assert!(source("library/ng$INX").contains("invalid path component `ng$INX` ("));
         assert!(source("a..b/c").contains("invalid registry host"));
         assert!(source("host:99999/c").contains("invalid registry host"));
         assert!(source("host:/c").contains("invalid registry host"));
         assert!(source("").contains("is empty"));
         assert!(source("a//b").contains("invalid path component ``"));
         assert!(source(&format!("ghcr.io/{}", "a".repeat(300))).contains("limit is 255"));
+    }
+
+    #[test]
+    fn an_upper_case_first_component_is_neither_a_host_nor_a_path() {
+        // Docker would take `MyTeam` for a registry host; it used to become host `myteam`,
+        // which printed as `myteam/app` and re-parsed as `docker.io/myteam/app`.
+        assert_eq!(
+            source("MyTeam/app"),
+            "error: has upper-case letters in `MyTeam`: repository names must be lowercase (write `myteam/app`), and a registry host needs a `.` or a `:port` (`myteam.example.com/app`)"
+        );
+        assert!(source("Z0/0").contains("must be lowercase"));
+        assert!(source("team/App").contains("must be lowercase (`app`)"));
+        // With a `.` or a port it is a host, and hosts are case-insensitive.
+        assert_eq!(source("GHCR.io/team/app"), "ghcr.io/team/app");
+        assert_eq!(source("MyHost:5000/app"), "myhost:5000/app");
+        // A single upper-case name has no host part: it is a (bad) Docker Hub path.
+        assert!(source("Nginx").contains("must be lowercase (`nginx`)"));
     }
 
     #[test]

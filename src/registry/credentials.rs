@@ -377,7 +377,7 @@ async fn run_helper(helper: &str, key: &str) -> Option<RawAuth> {
 }
 
 /// docker's `ConvertToHostname`: `https://host:5000/v1/` -> `host:5000`.
-fn hostname_of(key: &str) -> &str {
+pub fn hostname_of(key: &str) -> &str {
     let without_scheme = key.split_once("://").map_or(key, |(_, rest)| rest);
     without_scheme.split('/').next().unwrap_or(without_scheme)
 }

@@ -160,3 +160,76 @@ fn check_prints_the_plan_and_touches_no_registry() {
         );
     }
 }
+
+#[test]
+fn an_upper_case_namespace_is_refused_not_taken_for_a_registry_host() {
+    // `MyTeam/app` used to pass as registry host `myteam` (`-> c:5000/app`).
+    let (stderr, _) =
+        rejected("cache_registry: c:5000\nimages:\n  - {source: MyTeam/app, tag: '1'}\n");
+    assert!(
+        stderr.contains("images[0] (source `MyTeam/app`) field `source`: `MyTeam/app` has upper-case letters in `MyTeam`: repository names must be lowercase (write `myteam/app`)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_mis_indented_tag_is_reported_at_its_own_line() {
+    let (stderr, _) = rejected(
+        "cache_registry: c:5000\nimages:\n  - source: nginx\n    tag: '1'\n  - source: redis\n   tag: '7'\n",
+    );
+    assert!(stderr.contains("at line 6 column 4"), "{stderr}");
+    assert!(stderr.contains("check the indentation"), "{stderr}");
+    assert!(!stderr.contains("missing field"), "{stderr}");
+}
+
+#[test]
+fn a_tab_is_named_with_its_line_and_column() {
+    let (stderr, _) = rejected("cache_registry: c:5000\nimages:\n  - source: nginx\n\ttag: '1'\n");
+    assert!(
+        stderr.contains("a tab character at line 4 column 1; YAML indents with spaces"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_wrong_shape_is_described_in_config_words() {
+    let (stderr, _) = rejected("just a string\n");
+    assert!(
+        stderr.contains("expected a mapping with `cache_registry`, `images` and optionally `settings` at the top level"),
+        "{stderr}"
+    );
+    let (stderr, _) = rejected("cache_registry: c:5000\nimages:\n  - nginx\n");
+    assert!(
+        stderr.contains("images[0]: invalid type: string \"nginx\", expected an image: a mapping with `source`, `tag`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Raw") && !stderr.contains("struct"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tag_left_in_source_gets_the_move_hint_on_the_first_run() {
+    let (stderr, _) =
+        rejected("cache_registry: c:5000\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
+    assert!(
+        stderr.contains("missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_insecure_entry_that_matches_no_registry_is_refused_at_check() {
+    // The cache host without its port: valid at --check before, a TLS failure in the cluster.
+    let run = ImageSync::new()
+        .config("cache_registry: \"image-cache.image-cache.svc.cluster.local:5000\"\nimages:\n  - {source: nginx, tag: '1'}\nsettings:\n  insecure_registries: [\"image-cache.image-cache.svc.cluster.local\"]\n")
+        .arg("--check");
+    let outcome = run.run();
+    outcome.expect_code(2);
+    assert!(
+        outcome.stderr.contains("settings.insecure_registries[0]: `image-cache.image-cache.svc.cluster.local` names no registry of this config (it names `docker.io`, `image-cache.image-cache.svc.cluster.local:5000`); add the port: `image-cache.image-cache.svc.cluster.local:5000`"),
+        "{}",
+        outcome.stderr
+    );
+}

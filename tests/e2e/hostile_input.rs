@@ -15,7 +15,7 @@ use image_sync::config::{self, MAX_CONFIG_BYTES};
 use image_sync::plan::{self, Plan};
 use image_sync::reference::{self, Repository, Tag};
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 
 use crate::support::runner::{ImageSync, Outcome, outcome};
 
@@ -356,6 +356,9 @@ fn generated_config() -> impl Strategy<Value = GeneratedConfig> {
             prop::option::of(0..400_u64),
             prop::option::of(0..400_u64),
             prop::collection::vec(field("[a-z0-9.]{1,10}(:[0-9]{2,5})?"), 0..3),
+            // An entry must name a registry of the config: list the cache's host too, so
+            // that plans with insecure registries are accepted often enough to be checked.
+            any::<bool>(),
         )),
     )
         .prop_map(|(cache, cache_style, images, settings)| {
@@ -372,7 +375,10 @@ fn generated_config() -> impl Strategy<Value = GeneratedConfig> {
                     quoted_images.push((index, source, tag));
                 }
             }
-            if let Some((concurrency, pull, check, insecure)) = settings {
+            if let Some((concurrency, pull, check, mut insecure, list_cache)) = settings {
+                if list_cache {
+                    insecure.push(cache.split('/').next().unwrap_or_default().to_owned());
+                }
                 yaml.push_str("settings:\n");
                 for (key, value) in [
                     ("concurrency", concurrency),
@@ -400,12 +406,22 @@ fn parse_and_resolve(bytes: &[u8]) -> Option<Result<Plan, plan::PlanError>> {
     Some(plan::resolve(raw, Path::new("fuzz.yaml")))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
+/// `cases` per property, with every failure persisted: proptest appends the failing case's
+/// seed to `tests/proptest-regressions/hostile_input.txt` (commit it) and replays every seed
+/// there before drawing new cases. `PROPTEST_RNG_SEED` (set by `scripts/test`) fixes the
+/// draw, so a CI failure reproduces with the same variable locally.
+fn persisted(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(persisted(256))]
 
     #[test]
     fn reference_parsers_accept_only_safe_round_tripping_values(raw in hostile_string()) {
@@ -459,11 +475,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 384,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(persisted(384))]
 
     #[test]
     fn yaml_shaped_configs_resolve_only_to_safe_plans(generated in generated_config()) {

@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod fault_proxy;
+mod first_hour;
 mod hostile_input;
 mod quota;
 mod registry_client;
