@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod exit;
 pub mod logging;
+pub mod nodes;
 pub mod plan;
 pub mod process;
 pub mod reference;
@@ -38,6 +39,9 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::USAGE;
         }
     };
+    if let Some(cli::Command::HostsToml(args)) = &cli.command {
+        return nodes::run(&plan, args);
+    }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         return exit::SUCCESS;
