@@ -5,6 +5,7 @@ mod cli;
 mod config_errors;
 mod fault_proxy;
 mod hostile_input;
+mod nodes;
 mod registry_client;
 mod reliability;
 mod support;

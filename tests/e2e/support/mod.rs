@@ -1,6 +1,7 @@
 //! Test fixtures: real registries, real tools, OCI images made here, and a builder that
 //! runs the real `image-sync` binary.
 
+pub mod containerd;
 pub mod dns;
 pub mod fault;
 pub mod image;
