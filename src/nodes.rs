@@ -151,19 +151,15 @@ pub fn hosts_files(plan: &Plan, mirror: &Mirror, fallback: Fallback) -> Vec<Host
                 Fallback::Open => upstream_server(host, plan),
                 Fallback::Closed => mirror_url.clone(),
             };
-            let mut text = format!(
-                "# Written by `image-sync hosts-toml` for {host}: {}.\n",
-                match fallback {
-                    Fallback::Open =>
-                        "fail-open, a pull the cache cannot serve (404, 5xx, unreachable) goes to the upstream with the node's own quota",
-                    Fallback::Closed =>
-                        "fail-closed, a pull the cache cannot serve fails; the upstream is never asked",
-                }
-            );
+            let mut text = match fallback {
+                Fallback::Open => "# Written by `image-sync hosts-toml`. Fail-open: what the cache cannot serve\n# (404, 5xx, no answer) is pulled from `server`, with the node's own quota.\n",
+                Fallback::Closed => "# Written by `image-sync hosts-toml`. Fail-closed: the cache is `server` too;\n# what it cannot serve fails, and the upstream is never asked.\n",
+            }
+            .to_owned();
             text.push_str(&format!(
-                "# Served from the cache by upstream name: {}.\n",
+                "# In the cache under this name: {}.\n",
                 if served.is_empty() {
-                    "none (every image of this registry has a distinct cache_as)".to_owned()
+                    "nothing (every image has a distinct cache_as)".to_owned()
                 } else {
                     served.join(", ")
                 }
@@ -186,7 +182,7 @@ pub fn hosts_files(plan: &Plan, mirror: &Mirror, fallback: Fallback) -> Vec<Host
     files.push(HostsFile {
         registry: mirror.host().to_owned(),
         text: format!(
-            "# Written by `image-sync hosts-toml`: the cache itself, for images pulled by the cache's own name\n# ({}/<path>:<tag>, e.g. those with a distinct cache_as).\nserver = \"{cache_url}\"\ncapabilities = [\"pull\", \"resolve\"]\n{}",
+            "# Written by `image-sync hosts-toml`. The cache itself, for pulls by its own name\n# ({}/<path>:<tag>: images with a distinct cache_as), over plain HTTP.\nserver = \"{cache_url}\"\ncapabilities = [\"pull\", \"resolve\"]\n{}",
             match prefix {
                 Some(prefix) => format!("{}/{prefix}", mirror.host()),
                 None => mirror.host().to_owned(),
@@ -333,7 +329,7 @@ images:
         let ghcr = file(&files, "ghcr.io");
         assert!(ghcr.contains("server = \"https://ghcr.io\"\n"), "{ghcr}");
         assert!(
-            ghcr.contains("by upstream name: project-zot/zot-linux-amd64.\n"),
+            ghcr.contains("under this name: project-zot/zot-linux-amd64.\n"),
             "{ghcr}"
         );
         assert!(!ghcr.contains("override_path"), "{ghcr}");

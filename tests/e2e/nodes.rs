@@ -256,3 +256,41 @@ fn fail_open_falls_back_to_the_upstream_and_fail_closed_never_asks_it() {
         "fail-open: the node's pull is one manifest GET upstream ({spent:?})"
     );
 }
+
+#[test]
+fn the_readme_prints_the_files_hosts_toml_writes() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let config = "cache_registry: \"image-cache.image-cache.svc.cluster.local:5000\"\nimages:\n  - {source: \"docker.io/library/nginx\", tag: \"1.27-alpine\"}\n  - {source: \"ghcr.io/project-zot/zot-linux-amd64\", tag: \"v2.1.2\"}\n";
+    let prefixed = config.replace(".local:5000", ".local:5000/mirror");
+    for (config, extra) in [
+        (config, &[][..]),
+        (config, &["--fail-closed"][..]),
+        (prefixed.as_str(), &[][..]),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        hosts_toml(config, "http://10.96.120.15:5000", dir.path(), extra);
+        let written =
+            std::fs::read_to_string(dir.path().join("docker.io/hosts.toml")).expect("docker.io");
+        // The prefixed example in the README is shown without the comment lines, indented.
+        let shown: String = if config.contains("/mirror") {
+            written
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(|line| {
+                    if line.is_empty() {
+                        "\n".to_owned()
+                    } else {
+                        format!("  {line}\n")
+                    }
+                })
+                .collect()
+        } else {
+            written.clone()
+        };
+        assert!(
+            readme.contains(&shown),
+            "README does not show the file hosts-toml writes ({extra:?}):\n{shown}"
+        );
+    }
+}
