@@ -36,6 +36,10 @@ pub struct RawImage {
     /// Repository path in the cache, replacing the default (the source path).
     #[serde(default)]
     pub cache_as: Option<String>,
+    /// Also keep this image's signatures, attestations and SBOMs cached (default:
+    /// `settings.referrers`).
+    #[serde(default)]
+    pub referrers: Option<bool>,
 }
 
 /// `settings`, all optional.
@@ -61,6 +65,10 @@ pub struct RawSettings {
     pub insecure_registries: Vec<String>,
     /// Who reads digests: `builtin` (default) or `crane`.
     pub digest_check: Option<crate::registry::DigestCheck>,
+    /// Keep every image's signatures, attestations and SBOMs cached (default false).
+    pub referrers: Option<bool>,
+    /// A referrer that fails to sync fails its image (default false: reported only).
+    pub referrers_required: Option<bool>,
 }
 
 /// A config file that could not be read or parsed.

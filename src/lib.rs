@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod plan;
 pub mod process;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod report;
 pub mod resources;

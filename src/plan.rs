@@ -60,6 +60,9 @@ pub struct Job {
     pub tag: Tag,
     /// Where the image lands in the cache.
     pub target: Repository,
+    /// Also sync its signatures, attestations and SBOMs (`referrers`, per image or in
+    /// `settings`).
+    pub referrers: bool,
 }
 
 /// Resolved `settings`.
@@ -83,6 +86,8 @@ pub struct Settings {
     pub insecure_registries: BTreeSet<String>,
     /// Who reads digests.
     pub digest_check: crate::registry::DigestCheck,
+    /// A referrer that fails to sync fails its image (`settings.referrers_required`).
+    pub referrers_required: bool,
 }
 
 /// One thing wrong with the config.
@@ -157,6 +162,9 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             source,
             tag,
             target,
+            referrers: image
+                .referrers
+                .unwrap_or(raw.settings.referrers.unwrap_or(false)),
         }) else {
             continue;
         };
@@ -293,6 +301,7 @@ fn resolve_settings(
         skip_on_error: raw.skip_on_error.unwrap_or(false),
         insecure_registries,
         digest_check: raw.digest_check.unwrap_or_default(),
+        referrers_required: raw.referrers_required.unwrap_or(false),
     })
 }
 

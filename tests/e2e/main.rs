@@ -6,6 +6,7 @@ mod config_errors;
 mod fault_proxy;
 mod hostile_input;
 mod nodes;
+mod referrers;
 mod registry_client;
 mod reliability;
 mod support;

@@ -1,0 +1,260 @@
+//! Signatures, attestations and OCI 1.1 referrers (`referrers: true`): made upstream with
+//! real oras (cosign's legacy tags and an attached artifact, which Distribution 2.8 records
+//! in the referrers tag schema), synced by digest, found by the same lookups in the cache,
+//! and free on a run in which nothing changed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::image::{self, Format, Kind};
+use crate::support::runner::{ImageSync, Outcome};
+use crate::support::{self, Pair};
+
+/// Runs oras (plain HTTP: the registries are on loopback) in `dir` and returns its stdout.
+fn oras(oras: &Path, dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(oras)
+        .args(args)
+        .arg("--plain-http")
+        .current_dir(dir)
+        .output()
+        .expect("run oras");
+    assert!(
+        output.status.success(),
+        "oras {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What an artifact-aware client finds for `subject` (`oras discover`: the referrers API,
+/// else the tag schema): the referrers' (artifactType, digest), sorted.
+fn discover(oras_path: &Path, dir: &Path, subject: &str) -> Vec<(String, String)> {
+    let json: Value = serde_json::from_str(&oras(
+        oras_path,
+        dir,
+        &["discover", "--format", "json", subject],
+    ))
+    .expect("discover json");
+    let mut found: Vec<(String, String)> = json["referrers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["artifactType"].as_str().unwrap_or_default().to_owned(),
+                r["digest"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Pushes a small artifact file as `reference` (a legacy cosign tag) or attaches it to
+/// `reference` (`attach`: an OCI 1.1 referrer with a subject).
+fn artifact(
+    oras_path: &Path,
+    dir: &Path,
+    verb: &str,
+    reference: &str,
+    artifact_type: &str,
+    text: &str,
+) {
+    let name = format!("{}.json", artifact_type.replace(['/', '+', '.'], "-"));
+    std::fs::write(dir.join(&name), text).expect("artifact file");
+    let file = format!("{name}:{artifact_type}");
+    oras(
+        oras_path,
+        dir,
+        &[verb, "--artifact-type", artifact_type, reference, &file],
+    );
+}
+
+struct Signed {
+    pair: Pair,
+    oras: PathBuf,
+    dir: tempfile::TempDir,
+    digest: String,
+    config: String,
+}
+
+/// An image upstream with a legacy signature, a legacy attestation and an OCI 1.1 SBOM
+/// referrer; the config syncs it with `referrers: true`.
+fn signed_image(extra_settings: &str) -> Option<Signed> {
+    let pair = support::pair()?;
+    let oras_path = support::extra_tool("oras")?;
+    let dir = tempfile::tempdir().expect("artifacts dir");
+    let up = pair.upstream.host();
+    let image_ref = format!("{up}/team/signed:1");
+    image::push_new(&pair.tools, Kind::Single, "signed", &image_ref, Format::Oci);
+    let digest = image::digest_of(&pair.tools, &image_ref).expect("digest");
+    let tag = digest.replace(':', "-");
+    let base = format!("{up}/team/signed");
+    artifact(
+        &oras_path,
+        dir.path(),
+        "push",
+        &format!("{base}:{tag}.sig"),
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        "{\"sig\":1}",
+    );
+    artifact(
+        &oras_path,
+        dir.path(),
+        "push",
+        &format!("{base}:{tag}.att"),
+        "application/vnd.dsse.envelope.v1+json",
+        "{\"att\":1}",
+    );
+    artifact(
+        &oras_path,
+        dir.path(),
+        "attach",
+        &format!("{base}@{digest}"),
+        "application/spdx+json",
+        "{\"sbom\":1}",
+    );
+    let config = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/team/signed\", tag: \"1\"}}\nsettings:\n  referrers: true\n{extra_settings}",
+        pair.cache.host()
+    );
+    Some(Signed {
+        pair,
+        oras: oras_path,
+        dir,
+        digest,
+        config,
+    })
+}
+
+fn referrer_counts(outcome: &Outcome) -> (u64, u64, u64) {
+    let r = &outcome.result(0)["referrers"];
+    (
+        r["copied"].as_u64().expect("copied"),
+        r["already_cached"].as_u64().expect("already_cached"),
+        r["failed"].as_u64().expect("failed"),
+    )
+}
+
+/// Upstream manifest GETs of the image itself (its tag or its digest): a re-copy.
+fn image_gets(signed: &Signed) -> usize {
+    signed
+        .pair
+        .upstream
+        .requests()
+        .iter()
+        .filter(|(method, path, _)| {
+            method == "GET"
+                && (path.ends_with("/team/signed/manifests/1")
+                    || path.ends_with(&format!("/team/signed/manifests/{}", signed.digest)))
+        })
+        .count()
+}
+
+#[test]
+fn signatures_attestations_and_referrers_follow_the_image_and_a_no_op_run_spends_no_pull() {
+    let Some(signed) = signed_image("") else {
+        return;
+    };
+    let (up, cache) = (signed.pair.upstream.host(), signed.pair.cache.host());
+    let tag = signed.digest.replace(':', "-");
+
+    let before = signed.pair.upstream.counts();
+    let first = ImageSync::new().config(&signed.config).run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled"]);
+    // .sig, .att and the referrers index (with its one artifact).
+    assert_eq!(referrer_counts(&first), (3, 0, 0));
+    let spent = signed.pair.upstream.counts() - before;
+    // The image, .sig, .att, the referrers index and the artifact it lists.
+    assert_eq!(spent.manifest_gets, 5, "first run: {spent:?}");
+
+    // The cache answers the same lookups with the same digests.
+    for suffix in [".sig", ".att", ""] {
+        let (upstream_ref, cache_ref) = (
+            format!("{up}/team/signed:{tag}{suffix}"),
+            format!("{cache}/team/signed:{tag}{suffix}"),
+        );
+        let tools = &signed.pair.tools;
+        assert_eq!(
+            image::digest_of(tools, &cache_ref),
+            image::digest_of(tools, &upstream_ref),
+            "{cache_ref}"
+        );
+    }
+    let upstream_found = discover(
+        &signed.oras,
+        signed.dir.path(),
+        &format!("{up}/team/signed@{}", signed.digest),
+    );
+    let cache_found = discover(
+        &signed.oras,
+        signed.dir.path(),
+        &format!("{cache}/team/signed@{}", signed.digest),
+    );
+    assert_eq!(upstream_found.len(), 1, "{upstream_found:?}");
+    assert_eq!(cache_found, upstream_found);
+
+    // Nothing changed: HEADs only (the image and its four tags), no manifest GET.
+    let before = signed.pair.upstream.counts();
+    let second = ImageSync::new().config(&signed.config).run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["already_cached"]);
+    assert_eq!(referrer_counts(&second), (0, 3, 0));
+    let spent = signed.pair.upstream.counts() - before;
+    assert_eq!(
+        (spent.manifest_gets, spent.manifest_heads, spent.blob_reads),
+        (0, 5, 0),
+        "no-op run: {spent:?}"
+    );
+
+    // Upstream, a new signature replaces the .sig and a second referrer is attached.
+    artifact(
+        &signed.oras,
+        signed.dir.path(),
+        "push",
+        &format!("{up}/team/signed:{tag}.sig"),
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        "{\"sig\":2}",
+    );
+    artifact(
+        &signed.oras,
+        signed.dir.path(),
+        "attach",
+        &format!("{up}/team/signed@{}", signed.digest),
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "{\"bundle\":1}",
+    );
+    let before_gets = image_gets(&signed);
+    let before = signed.pair.upstream.counts();
+    let third = ImageSync::new().config(&signed.config).run();
+    third.expect_code(0);
+    assert_eq!(third.actions(), ["already_cached"]);
+    assert_eq!(referrer_counts(&third), (2, 1, 0));
+    assert_eq!(
+        image_gets(&signed),
+        before_gets,
+        "the image was fetched again"
+    );
+    let spent = signed.pair.upstream.counts() - before;
+    let cache_found = discover(
+        &signed.oras,
+        signed.dir.path(),
+        &format!("{cache}/team/signed@{}", signed.digest),
+    );
+    assert_eq!(cache_found.len(), 2, "{cache_found:?}");
+    assert_eq!(
+        cache_found,
+        discover(
+            &signed.oras,
+            signed.dir.path(),
+            &format!("{up}/team/signed@{}", signed.digest)
+        )
+    );
+    // The new .sig, the new referrers index and both artifacts it lists: crane reads every
+    // child of an index it copies, also one the cache already holds.
+    assert_eq!(spent.manifest_gets, 4, "third run: {spent:?}");
+}
