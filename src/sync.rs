@@ -420,7 +420,10 @@ async fn with_referrers(
         Some(failure) if context.settings.referrers_required => outcome.failed(
             None,
             &Failure {
-                message: format!("referrers: {}", failure.message),
+                message: format!(
+                    "{}; while syncing the image's signatures, attestations and SBOMs (settings.referrers_required: true)",
+                    failure.message
+                ),
                 ..failure
             },
         ),

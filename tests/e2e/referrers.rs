@@ -8,6 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::support::fault::{Fault, FaultProxy, Rule};
 use crate::support::image::{self, Format, Kind};
 use crate::support::runner::{ImageSync, Outcome};
 use crate::support::{self, Pair};
@@ -257,4 +258,88 @@ fn signatures_attestations_and_referrers_follow_the_image_and_a_no_op_run_spends
     // The new .sig, the new referrers index and both artifacts it lists: crane reads every
     // child of an index it copies, also one the cache already holds.
     assert_eq!(spent.manifest_gets, 4, "third run: {spent:?}");
+}
+
+#[test]
+fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_required() {
+    let Some(signed) = signed_image("") else {
+        return;
+    };
+    // The cache refuses every referrer tag (and only those); the image itself goes in.
+    let proxy = FaultProxy::start(signed.pair.cache.host()).rule(
+        Rule::new("PUT", "/manifests/sha256-").respond(Fault::registry_error(
+            400,
+            "MANIFEST_INVALID",
+            "manifest invalid",
+        )),
+    );
+    let config = signed
+        .config
+        .replace(&signed.pair.cache.host(), &proxy.host());
+
+    let before = signed.pair.upstream.counts();
+    let lenient = ImageSync::new().config(&config).run();
+    lenient.expect_code(0);
+    assert_eq!(lenient.actions(), ["pulled"]);
+    assert_eq!(referrer_counts(&lenient), (0, 0, 3));
+    assert!(lenient.result(0)["error"].is_null());
+    assert!(
+        lenient.stderr.contains("referrers not synced"),
+        "{}",
+        lenient.stderr
+    );
+    // The image, .sig, .att, the referrers index and its artifact: each read once.
+    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 5);
+
+    let required = config.replace(
+        "  referrers: true\n",
+        "  referrers: true\n  referrers_required: true\n",
+    );
+    let before = signed.pair.upstream.counts();
+    let strict = ImageSync::new().config(&required).run();
+    strict.expect_code(1);
+    assert_eq!(strict.actions(), ["failed"]);
+    assert_eq!(referrer_counts(&strict), (0, 0, 3));
+    let error = strict.result(0)["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("the cache refused the copy: ")
+            && error.contains("MANIFEST_INVALID")
+            && error.contains("referrers_required: true"),
+        "{error}"
+    );
+    assert_eq!(
+        strict.result(0)["cached_digest"].as_str(),
+        Some(signed.digest.as_str())
+    );
+    // The image was cached already: only the referrers were read again.
+    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 4);
+    assert_eq!(
+        image_gets(&signed),
+        1,
+        "the image is read once, by the first run"
+    );
+}
+
+#[test]
+fn without_referrers_nothing_but_the_image_is_looked_at() {
+    let Some(signed) = signed_image("") else {
+        return;
+    };
+    let config = signed
+        .config
+        .replace("  referrers: true\n", "  referrers: false\n");
+    let before = signed.pair.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert!(run.result(0).get("referrers").is_none(), "{}", run.stdout);
+    let spent = signed.pair.upstream.counts() - before;
+    assert_eq!(
+        (spent.manifest_heads, spent.manifest_gets),
+        (1, 1),
+        "{spent:?}"
+    );
+    let tag = signed.digest.replace(':', "-");
+    let sig = format!("{}/team/signed:{tag}.sig", signed.pair.cache.host());
+    assert_eq!(image::digest_of(&signed.pair.tools, &sig), None);
 }
