@@ -11,6 +11,12 @@
 //!   its `subject`, so a cache with the referrers API (Zot) lists them there too, and a
 //!   cache without it (Distribution 2.8) answers the same tag-schema lookup.
 //!
+//! Where the upstream serves the OCI 1.1 referrers API (Docker Hub, Zot), the artifacts it
+//! lists there replace the tag-schema index: one `GET /v2/<repo>/referrers/<digest>` on
+//! each side (not a manifest GET: no pull), and `crane copy <source>@<d> <cache>@<d>` for
+//! each artifact the cache's own listing lacks. A cache without the API gets the upstream's
+//! tag-schema index when the upstream keeps one too; otherwise those referrers fail, named.
+//!
 //! Each tag costs one HEAD upstream (free on Docker Hub, also for a missing tag); only a
 //! tag the upstream has costs a HEAD on the cache, and only a differing digest costs a copy
 //! (`crane copy <source>@<digest> <cache>:<tag>`, under the copy concurrency). A run in
@@ -23,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::process::Cancel;
 use crate::reference::{Digest, Repository, Tag};
-use crate::registry::{Class, Failure, Side, Toolbox};
+use crate::registry::{Class, Failure, Listed, Side, Toolbox};
 
 /// The suffixes of cosign's legacy tags, and `None` for the OCI 1.1 tag schema.
 const KINDS: [Option<&str>; 4] = [Some("sig"), Some("att"), Some("sbom"), None];
@@ -104,15 +110,18 @@ impl Referrers<'_> {
                 )),
             );
         };
-        let (a, b, c, d) = tokio::join!(
+        let (a, b, c, listed) = tokio::join!(
             self.one(source, target, &tags[0]),
             self.one(source, target, &tags[1]),
             self.one(source, target, &tags[2]),
-            self.one(source, target, &tags[3]),
+            self.toolbox
+                .referrers(source, digest, Side::Upstream, self.check_timeout),
         );
+        let mut found = vec![a, b, c];
+        found.extend(self.oci(source, target, digest, &tags[3], listed).await);
         let mut counts = Counts::default();
         let mut first = None;
-        for found in [a, b, c, d] {
+        for found in found {
             match found {
                 Found::Absent => {}
                 Found::AlreadyCached => counts.already_cached += 1,
@@ -124,6 +133,82 @@ impl Referrers<'_> {
             }
         }
         (counts, first)
+    }
+
+    /// The OCI 1.1 referrers: by the upstream's referrers API when it has one, copied by
+    /// digest into a cache that has one too (Zot); else by the tag-schema index.
+    async fn oci(
+        &self,
+        source: &Repository,
+        target: &Repository,
+        digest: &Digest,
+        index_tag: &Tag,
+        upstream: Listed,
+    ) -> Vec<Found> {
+        let listed = match upstream {
+            Listed::Unsupported => return vec![self.one(source, target, index_tag).await],
+            Listed::Failed(failure) => return vec![Found::Failed(failure)],
+            Listed::Supported(listed) if listed.is_empty() => return Vec::new(),
+            Listed::Supported(listed) => listed,
+        };
+        let cached = match self
+            .toolbox
+            .referrers(target, digest, Side::Cache, self.check_timeout)
+            .await
+        {
+            Listed::Supported(cached) => cached,
+            Listed::Failed(failure) => return vec![Found::Failed(failure)],
+            // A cache without the API finds referrers only through a tag-schema index: the
+            // upstream's, when it keeps one as well.
+            Listed::Unsupported => {
+                return match self.one(source, target, index_tag).await {
+                    Found::Absent => vec![Found::Failed(
+                        Failure::new(
+                            Class::Other,
+                            format!(
+                                "{} lists {} referrer(s) through the referrers API and keeps no `{index_tag}` index, and the cache has no referrers API: use a cache that serves it (Zot)",
+                                source.with_digest(digest),
+                                listed.len()
+                            ),
+                        )
+                        .on(Side::Cache, Some(target.host())),
+                    )],
+                    found => vec![found],
+                };
+            }
+        };
+        let mut found = Vec::with_capacity(listed.len());
+        for referrer in listed {
+            if cached.iter().any(|have| have.digest == referrer.digest) {
+                found.push(Found::AlreadyCached);
+                continue;
+            }
+            let Ok(_permit) = self.copies.acquire().await else {
+                found.push(Found::Failed(Failure::new(
+                    Class::Interrupted,
+                    "the copy queue closed",
+                )));
+                continue;
+            };
+            let copied = self
+                .toolbox
+                .copy_by_digest(
+                    source,
+                    &referrer.digest,
+                    target,
+                    self.pull_timeout,
+                    self.cancel,
+                )
+                .await;
+            found.push(match copied.outcome {
+                Ok(()) => {
+                    tracing::info!(reference = %target.with_digest(&referrer.digest), artifact_type = referrer.artifact_type.as_deref().unwrap_or(""), "referrer copied");
+                    Found::Copied
+                }
+                Err(failure) => Found::Failed(failure),
+            });
+        }
+        found
     }
 
     async fn one(&self, source: &Repository, target: &Repository, tag: &Tag) -> Found {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::support::fault::{Fault, FaultProxy, Rule};
 use crate::support::image::{self, Format, Kind};
+use crate::support::registry::Registry;
 use crate::support::runner::{ImageSync, Outcome};
 use crate::support::{self, Pair};
 
@@ -64,14 +65,24 @@ fn artifact(
     artifact_type: &str,
     text: &str,
 ) {
+    artifact_with(oras_path, dir, &[verb], reference, artifact_type, text);
+}
+
+/// [`artifact`] with the verb and its options given as `verb`.
+fn artifact_with(
+    oras_path: &Path,
+    dir: &Path,
+    verb: &[&str],
+    reference: &str,
+    artifact_type: &str,
+    text: &str,
+) {
     let name = format!("{}.json", artifact_type.replace(['/', '+', '.'], "-"));
     std::fs::write(dir.join(&name), text).expect("artifact file");
     let file = format!("{name}:{artifact_type}");
-    oras(
-        oras_path,
-        dir,
-        &[verb, "--artifact-type", artifact_type, reference, &file],
-    );
+    let mut args = verb.to_vec();
+    args.extend(["--artifact-type", artifact_type, reference, &file]);
+    oras(oras_path, dir, &args);
 }
 
 struct Signed {
@@ -342,4 +353,177 @@ fn without_referrers_nothing_but_the_image_is_looked_at() {
     let tag = signed.digest.replace(':', "-");
     let sig = format!("{}/team/signed:{tag}.sig", signed.pair.cache.host());
     assert_eq!(image::digest_of(&signed.pair.tools, &sig), None);
+}
+
+/// GETs of the referrers API in a registry's access log.
+fn referrers_gets(registry: &Registry) -> usize {
+    registry
+        .requests()
+        .iter()
+        .filter(|(method, path, _)| method == "GET" && path.contains("/referrers/"))
+        .count()
+}
+
+/// `oras attach` through the referrers API only (no tag-schema index), as cosign v3 and
+/// oras do against Docker Hub or Zot.
+const BY_API: &[&str] = &["attach", "--distribution-spec", "v1.1-referrers-api"];
+
+#[test]
+fn referrers_the_upstream_lists_by_its_api_are_copied_by_digest_into_a_cache_with_the_api() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let (Some(oras_path), Some(upstream), Some(cache)) = (
+        support::extra_tool("oras"),
+        Registry::start_with_referrers_api(),
+        Registry::start_with_referrers_api(),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("artifacts dir");
+    let (up, c) = (upstream.host(), cache.host());
+    image::push_new(
+        &tools,
+        Kind::MultiArch,
+        "api",
+        &format!("{up}/team/api:1"),
+        Format::Oci,
+    );
+    let digest = image::digest_of(&tools, &format!("{up}/team/api:1")).expect("digest");
+    let subject = format!("{up}/team/api@{digest}");
+    let tag = digest.replace(':', "-");
+    artifact(
+        &oras_path,
+        dir.path(),
+        "push",
+        &format!("{up}/team/api:{tag}.sig"),
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        "{\"sig\":1}",
+    );
+    artifact_with(
+        &oras_path,
+        dir.path(),
+        BY_API,
+        &subject,
+        "application/spdx+json",
+        "{\"sbom\":1}",
+    );
+    artifact_with(
+        &oras_path,
+        dir.path(),
+        BY_API,
+        &subject,
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "{\"bundle\":1}",
+    );
+    let no_index = format!("{up}/team/api:{tag}");
+    assert_eq!(
+        image::digest_of(&tools, &no_index),
+        None,
+        "oras kept a tag-schema index"
+    );
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/team/api\", tag: \"1\"}}\nsettings:\n  referrers: true\n"
+    );
+    let lookup = |registry: &str| {
+        discover(
+            &oras_path,
+            dir.path(),
+            &format!("{registry}/team/api@{digest}"),
+        )
+    };
+
+    let before = upstream.counts();
+    let first = ImageSync::new().config(&config).run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled"]);
+    // The .sig, and the two artifacts the referrers API lists.
+    assert_eq!(referrer_counts(&first), (3, 0, 0));
+    // The index and its two platform manifests, the .sig, the two artifacts.
+    assert_eq!((upstream.counts() - before).manifest_gets, 3 + 1 + 2);
+    assert_eq!(
+        referrers_gets(&upstream),
+        1,
+        "one GET of the referrers API"
+    );
+    // The cache's referrers API answers with the same artifacts (oras asks the API first).
+    assert_eq!(lookup(&c).len(), 2);
+    assert_eq!(lookup(&c), lookup(&up));
+
+    let (before, api_before) = (upstream.counts(), referrers_gets(&upstream));
+    let second = ImageSync::new().config(&config).run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["already_cached"]);
+    assert_eq!(referrer_counts(&second), (0, 3, 0));
+    let spent = upstream.counts() - before;
+    // HEADs of the image and the three legacy tags; one referrers GET; no manifest GET.
+    assert_eq!(
+        (spent.manifest_heads, spent.manifest_gets, spent.blob_reads),
+        (4, 0, 0),
+        "no-op run: {spent:?}"
+    );
+    assert_eq!(referrers_gets(&upstream) - api_before, 1);
+
+    artifact_with(
+        &oras_path,
+        dir.path(),
+        BY_API,
+        &subject,
+        "application/vnd.in-toto+json",
+        "{\"att\":2}",
+    );
+    let before = upstream.counts();
+    let third = ImageSync::new().config(&config).run();
+    third.expect_code(0);
+    assert_eq!(referrer_counts(&third), (1, 3, 0));
+    // Only the new artifact is read.
+    assert_eq!((upstream.counts() - before).manifest_gets, 1);
+    assert_eq!(lookup(&c), lookup(&up));
+}
+
+#[test]
+fn api_only_referrers_cannot_reach_a_cache_without_the_api_and_say_so() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let (Some(oras_path), Some(upstream)) = (
+        support::extra_tool("oras"),
+        Registry::start_with_referrers_api(),
+    ) else {
+        return;
+    };
+    let cache = Registry::start(&tools);
+    let dir = tempfile::tempdir().expect("artifacts dir");
+    let (up, c) = (upstream.host(), cache.host());
+    image::push_new(
+        &tools,
+        Kind::Single,
+        "api-only",
+        &format!("{up}/team/api:1"),
+        Format::Oci,
+    );
+    let digest = image::digest_of(&tools, &format!("{up}/team/api:1")).expect("digest");
+    artifact_with(
+        &oras_path,
+        dir.path(),
+        BY_API,
+        &format!("{up}/team/api@{digest}"),
+        "application/spdx+json",
+        "{\"sbom\":1}",
+    );
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/team/api\", tag: \"1\"}}\nsettings:\n  referrers: true\n"
+    );
+    let before = upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(referrer_counts(&run), (0, 0, 1));
+    assert!(
+        run.stderr.contains("use a cache that serves it (Zot)"),
+        "{}",
+        run.stderr
+    );
+    // The image only: nothing was copied for the referrer.
+    assert_eq!((upstream.counts() - before).manifest_gets, 1);
 }
