@@ -441,11 +441,7 @@ fn referrers_the_upstream_lists_by_its_api_are_copied_by_digest_into_a_cache_wit
     assert_eq!(referrer_counts(&first), (3, 0, 0));
     // The index and its two platform manifests, the .sig, the two artifacts.
     assert_eq!((upstream.counts() - before).manifest_gets, 3 + 1 + 2);
-    assert_eq!(
-        referrers_gets(&upstream),
-        1,
-        "one GET of the referrers API"
-    );
+    assert_eq!(referrers_gets(&upstream), 1, "one GET of the referrers API");
     // The cache's referrers API answers with the same artifacts (oras asks the API first).
     assert_eq!(lookup(&c).len(), 2);
     assert_eq!(lookup(&c), lookup(&up));
@@ -526,4 +522,106 @@ fn api_only_referrers_cannot_reach_a_cache_without_the_api_and_say_so() {
     );
     // The image only: nothing was copied for the referrer.
     assert_eq!((upstream.counts() - before).manifest_gets, 1);
+}
+
+/// Runs cosign offline (no transparency log, a key pair made in the test) in `dir`.
+fn cosign(cosign: &Path, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cosign)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("COSIGN_YES", "true")
+        .env("SIGSTORE_NO_CACHE", "true")
+        .env("TUF_ROOT", dir.join("tuf"))
+        .env("HOME", dir)
+        .output()
+        .expect("run cosign")
+}
+
+#[test]
+fn cosign_verifies_the_cache_copy_of_a_signed_image_offline() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let Some(cosign_path) = support::extra_tool("cosign") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("cosign dir");
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    let image_ref = format!("{up}/team/cosigned:1");
+    image::push_new(
+        &pair.tools,
+        Kind::Single,
+        "cosigned",
+        &image_ref,
+        Format::Oci,
+    );
+    let digest = image::digest_of(&pair.tools, &image_ref).expect("digest");
+    let generated = cosign(&cosign_path, dir.path(), &["generate-key-pair"]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let signed = cosign(
+        &cosign_path,
+        dir.path(),
+        &[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            &format!("{up}/team/cosigned@{digest}"),
+        ],
+    );
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let verify = |registry: &str| {
+        cosign(
+            &cosign_path,
+            dir.path(),
+            &[
+                "verify",
+                "--key",
+                "cosign.pub",
+                "--insecure-ignore-tlog=true",
+                "--allow-http-registry",
+                &format!("{registry}/team/cosigned@{digest}"),
+            ],
+        )
+    };
+    assert!(
+        verify(&up).status.success(),
+        "upstream: {}",
+        String::from_utf8_lossy(&verify(&up).stderr)
+    );
+
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/team/cosigned\", tag: \"1\"}}\nsettings:\n  referrers: true\n"
+    );
+    // Without referrers the cache holds the image but no signature: verification fails.
+    let bare = ImageSync::new()
+        .config(&config.replace("referrers: true", "referrers: false"))
+        .run();
+    bare.expect_code(0);
+    assert!(!verify(&c).status.success(), "verified without a signature");
+
+    let before = pair.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["already_cached"]);
+    // cosign v2 signs into the legacy `sha256-<hex>.sig` tag.
+    assert_eq!(referrer_counts(&run), (1, 0, 0), "{}", run.stdout);
+    // The signature manifest only: the image is not read again.
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1);
+    let verified = verify(&c);
+    assert!(
+        verified.status.success(),
+        "cosign verify against the cache: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
