@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::fault::{Fault, FaultProxy, Rule};
+use crate::support::fault::{Fault, FaultProxy, Rule, TokenAuth};
 use crate::support::image::{self, Format, Kind};
 use crate::support::registry::Registry;
 use crate::support::runner::{ImageSync, Outcome};
@@ -624,4 +625,66 @@ fn cosign_verifies_the_cache_copy_of_a_signed_image_offline() {
         "cosign verify against the cache: {}",
         String::from_utf8_lossy(&verified.stderr)
     );
+}
+
+#[test]
+fn the_referrers_api_behind_bearer_tokens_is_read_with_the_image_checks_token() {
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let (Some(oras_path), Some(upstream), Some(cache)) = (
+        support::extra_tool("oras"),
+        Registry::start_with_referrers_api(),
+        Registry::start_with_referrers_api(),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("artifacts dir");
+    let up = upstream.host();
+    image::push_new(
+        &tools,
+        Kind::Single,
+        "gated",
+        &format!("{up}/team/gated:1"),
+        Format::Oci,
+    );
+    let digest = image::digest_of(&tools, &format!("{up}/team/gated:1")).expect("digest");
+    artifact_with(
+        &oras_path,
+        dir.path(),
+        BY_API,
+        &format!("{up}/team/gated@{digest}"),
+        "application/spdx+json",
+        "{\"sbom\":1}",
+    );
+    // Docker Hub's way: every request needs a bearer token from the proxy's /token.
+    let gate = FaultProxy::start_with_tokens(
+        up.clone(),
+        TokenAuth {
+            expires_in: Some(300),
+            valid_for: Duration::from_secs(300),
+        },
+    );
+    let config = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{}/team/gated\", tag: \"1\"}}\nsettings:\n  referrers: true\n",
+        cache.host(),
+        gate.host()
+    );
+    let before = upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(referrer_counts(&run), (1, 0, 0), "{}", run.stderr);
+    // The image and the artifact.
+    assert_eq!((upstream.counts() - before).manifest_gets, 2);
+    let ours: Vec<(String, Option<u16>)> = gate
+        .requests()
+        .into_iter()
+        .filter(|seen| {
+            seen.user_agent.starts_with("image-sync/") && seen.path.contains("/referrers/")
+        })
+        .map(|seen| (seen.method, seen.status))
+        .collect();
+    // The token of the image's check opens the referrers API at once: no 401 round.
+    assert_eq!(ours, [("GET".to_owned(), Some(200))]);
 }

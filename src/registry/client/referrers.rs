@@ -119,12 +119,12 @@ impl Client {
         } else {
             &self.client
         };
-        let mut auth = None;
         let mut stale = None;
         // The request, then at most one round of authentication and the request again.
         for round in 0..2 {
-            auth = match (round, &self.facts(host).auth, check.credentials, auth) {
-                (_, Some(AuthKind::Bearer { realm, service }), _, _) => {
+            // What the image's own check learnt about the host's auth, or the challenge below.
+            let auth = match (&self.facts(host).auth, check.credentials) {
+                (Some(AuthKind::Bearer { realm, service }), _) => {
                     match self
                         .token(
                             scheme,
@@ -140,8 +140,8 @@ impl Client {
                         Err(checked) => return from_checked(checked, side, host),
                     }
                 }
-                (_, Some(AuthKind::Basic), Some(basic), _) => Some(Auth::Basic(basic.clone())),
-                (_, _, _, kept) => kept,
+                (Some(AuthKind::Basic), Some(basic)) => Some(Auth::Basic(basic.clone())),
+                _ => None,
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
