@@ -369,16 +369,19 @@ fn referrers_gets(registry: &Registry) -> usize {
 /// oras do against Docker Hub or Zot.
 const BY_API: &[&str] = &["attach", "--distribution-spec", "v1.1-referrers-api"];
 
+/// The tools, oras, and an upstream and a cache that both serve the referrers API; `None`
+/// (skip) when one is missing outside CI.
+fn api_registries() -> Option<(support::Tools, PathBuf, Registry, Registry)> {
+    let tools = support::tools()?;
+    let oras_path = support::extra_tool("oras")?;
+    let upstream = Registry::start_with_referrers_api()?;
+    let cache = Registry::start_with_referrers_api()?;
+    Some((tools, oras_path, upstream, cache))
+}
+
 #[test]
 fn referrers_the_upstream_lists_by_its_api_are_copied_by_digest_into_a_cache_with_the_api() {
-    let Some(tools) = support::tools() else {
-        return;
-    };
-    let (Some(oras_path), Some(upstream), Some(cache)) = (
-        support::extra_tool("oras"),
-        Registry::start_with_referrers_api(),
-        Registry::start_with_referrers_api(),
-    ) else {
+    let Some((tools, oras_path, upstream, cache)) = api_registries() else {
         return;
     };
     let dir = tempfile::tempdir().expect("artifacts dir");
@@ -629,14 +632,7 @@ fn cosign_verifies_the_cache_copy_of_a_signed_image_offline() {
 
 #[test]
 fn the_referrers_api_behind_bearer_tokens_is_read_with_the_image_checks_token() {
-    let Some(tools) = support::tools() else {
-        return;
-    };
-    let (Some(oras_path), Some(upstream), Some(cache)) = (
-        support::extra_tool("oras"),
-        Registry::start_with_referrers_api(),
-        Registry::start_with_referrers_api(),
-    ) else {
+    let Some((tools, oras_path, upstream, cache)) = api_registries() else {
         return;
     };
     let dir = tempfile::tempdir().expect("artifacts dir");
