@@ -22,6 +22,7 @@
 //! (`crane copy <source>@<digest> <cache>:<tag>`, under the copy concurrency). A run in
 //! which nothing changed therefore sends no manifest GET upstream for them.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -44,6 +45,18 @@ pub struct Counts {
     pub already_cached: u32,
     /// Could not be checked or copied (the next run tries again).
     pub failed: u32,
+}
+
+/// What syncing one image's referrers came to.
+#[derive(Debug)]
+pub struct Synced {
+    /// For the report.
+    pub counts: Counts,
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+    /// Manifest GETs the upstream checks sent (a registry whose HEAD gives no digest):
+    /// pulls on Docker Hub, added to the image's `check_gets`.
+    pub check_gets: u32,
 }
 
 /// What one tag came to.
@@ -90,35 +103,34 @@ pub struct Referrers<'a> {
 }
 
 impl Referrers<'_> {
-    /// Brings the cache's referrers of `source@digest` (landing in `target`) up to date;
-    /// returns the counts and the first failure.
-    pub async fn sync(
-        &self,
-        source: &Repository,
-        target: &Repository,
-        digest: &Digest,
-    ) -> (Counts, Option<Failure>) {
+    /// Brings the cache's referrers of `source@digest` (landing in `target`) up to date.
+    pub async fn sync(&self, source: &Repository, target: &Repository, digest: &Digest) -> Synced {
         let Some(tags) = tags_for(digest) else {
-            return (
-                Counts {
+            return Synced {
+                counts: Counts {
                     failed: 1,
                     ..Counts::default()
                 },
-                Some(Failure::new(
+                failure: Some(Failure::new(
                     Class::Other,
                     format!("{digest} cannot name a referrers tag"),
                 )),
-            );
+                check_gets: 0,
+            };
         };
+        let gets = AtomicU32::new(0);
         let (a, b, c, listed) = tokio::join!(
-            self.one(source, target, &tags[0]),
-            self.one(source, target, &tags[1]),
-            self.one(source, target, &tags[2]),
+            self.one(source, target, &tags[0], &gets),
+            self.one(source, target, &tags[1], &gets),
+            self.one(source, target, &tags[2], &gets),
             self.toolbox
                 .referrers(source, digest, Side::Upstream, self.check_timeout),
         );
         let mut found = vec![a, b, c];
-        found.extend(self.oci(source, target, digest, &tags[3], listed).await);
+        found.extend(
+            self.oci(source, target, digest, &tags[3], listed, &gets)
+                .await,
+        );
         let mut counts = Counts::default();
         let mut first = None;
         for found in found {
@@ -132,7 +144,11 @@ impl Referrers<'_> {
                 }
             }
         }
-        (counts, first)
+        Synced {
+            counts,
+            failure: first,
+            check_gets: gets.into_inner(),
+        }
     }
 
     /// The OCI 1.1 referrers: by the upstream's referrers API when it has one, copied by
@@ -144,9 +160,10 @@ impl Referrers<'_> {
         digest: &Digest,
         index_tag: &Tag,
         upstream: Listed,
+        gets: &AtomicU32,
     ) -> Vec<Found> {
         let listed = match upstream {
-            Listed::Unsupported => return vec![self.one(source, target, index_tag).await],
+            Listed::Unsupported => return vec![self.one(source, target, index_tag, gets).await],
             Listed::Failed(failure) => return vec![Found::Failed(failure)],
             Listed::Supported(listed) if listed.is_empty() => return Vec::new(),
             Listed::Supported(listed) => listed,
@@ -161,7 +178,7 @@ impl Referrers<'_> {
             // A cache without the API finds referrers only through a tag-schema index: the
             // upstream's, when it keeps one as well.
             Listed::Unsupported => {
-                return match self.one(source, target, index_tag).await {
+                return match self.one(source, target, index_tag, gets).await {
                     Found::Absent => vec![Found::Failed(
                         Failure::new(
                             Class::Other,
@@ -211,11 +228,20 @@ impl Referrers<'_> {
         found
     }
 
-    async fn one(&self, source: &Repository, target: &Repository, tag: &Tag) -> Found {
+    /// One tag; manifest GETs its upstream check had to send (a HEAD without a digest)
+    /// are added to `gets`.
+    async fn one(
+        &self,
+        source: &Repository,
+        target: &Repository,
+        tag: &Tag,
+        gets: &AtomicU32,
+    ) -> Found {
         let upstream = self
             .toolbox
             .digest(source, tag, Side::Upstream, self.check_timeout, self.cancel)
             .await;
+        gets.fetch_add(upstream.gets, Ordering::Relaxed);
         let upstream = match upstream.outcome {
             Ok(digest) => digest,
             Err(failure) if is_absent(&failure) => return Found::Absent,

@@ -414,8 +414,10 @@ async fn with_referrers(
         cancel: &context.cancel,
         copies: &context.copies,
     };
-    let (counts, failure) = referrers.sync(&job.source, &job.target, remote).await;
+    let synced = referrers.sync(&job.source, &job.target, remote).await;
+    let (counts, failure) = (synced.counts, synced.failure);
     outcome.referrers = Some(counts);
+    outcome.check_gets += synced.check_gets;
     match failure {
         Some(failure) if context.settings.referrers_required => outcome.failed(
             None,

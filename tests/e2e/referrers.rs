@@ -684,3 +684,54 @@ fn the_referrers_api_behind_bearer_tokens_is_read_with_the_image_checks_token() 
     // The token of the image's check opens the referrers API at once: no 401 round.
     assert_eq!(ours, [("GET".to_owned(), Some(200))]);
 }
+
+#[test]
+fn referrer_checks_that_must_get_are_reported_and_a_dry_run_looks_at_none() {
+    let Some(signed) = signed_image("") else {
+        return;
+    };
+    let up = signed.pair.upstream.host();
+    let proxy = FaultProxy::start(up.clone());
+    let config = signed
+        .config
+        .replace(&format!("\"{up}/"), &format!("\"{}/", proxy.host()));
+
+    // A dry run reads the image's digests only.
+    let before = signed.pair.upstream.counts();
+    let dry = ImageSync::new().config(&config).arg("--dry-run").run();
+    dry.expect_code(0);
+    assert_eq!(dry.actions(), ["would_pull"]);
+    assert!(dry.result(0).get("referrers").is_none(), "{}", dry.stdout);
+    let spent = signed.pair.upstream.counts() - before;
+    assert_eq!(
+        (spent.manifest_heads, spent.manifest_gets),
+        (1, 0),
+        "{spent:?}"
+    );
+
+    ImageSync::new().config(&config).run().expect_code(0);
+    // A proxy that drops Docker-Content-Digest from HEADs: each check that finds a tag is a GET.
+    proxy.add_rule(Rule::new("HEAD", "/manifests/").respond(Fault::StripDigest));
+    let before = signed.pair.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["already_cached"]);
+    assert_eq!(referrer_counts(&run), (0, 3, 0));
+    let spent = signed.pair.upstream.counts() - before;
+    // The image, .sig, .att and the referrers index: four pulls on Docker Hub, all reported.
+    // GETs that returned a manifest: the image, .sig, .att and the referrers index (pulls on
+    // Docker Hub), all reported; and the absent .sbom's GET, answered 404 (no manifest).
+    let manifests = signed
+        .pair
+        .upstream
+        .requests()
+        .iter()
+        .rev()
+        .take_while(|(method, _, _)| method != "HEAD")
+        .filter(|(method, path, status)| {
+            method == "GET" && path.contains("/manifests/") && *status == 200
+        })
+        .count();
+    assert_eq!((spent.manifest_gets, manifests), (5, 4), "{spent:?}");
+    assert_eq!(run.result(0)["check_gets"], 4);
+}
