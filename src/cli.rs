@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 
@@ -16,7 +16,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/image-sync/config.yaml";
 #[command(name = "image-sync", version, about, after_help = exit::HELP)]
 pub struct Cli {
     /// The config file.
-    #[arg(long, value_name = "PATH", env = "IMAGE_SYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, global = true, value_name = "PATH", env = "IMAGE_SYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
     /// Check digests and report what would be copied; write nothing to the cache.
@@ -45,6 +45,37 @@ pub struct Cli {
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
+
+    /// Without a subcommand, image-sync syncs (the flags above).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands other than the sync itself.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write containerd `hosts.toml` mirror files, one per upstream registry of the config
+    /// (and one for the cache's own address), so that nodes pull from the cache.
+    HostsToml(HostsTomlArgs),
+}
+
+/// `image-sync hosts-toml`.
+#[derive(Debug, Args)]
+pub struct HostsTomlArgs {
+    /// The cache as nodes reach it: `http://ADDR:PORT` with the Service's ClusterIP or a
+    /// node address (nodes do not resolve cluster DNS names).
+    #[arg(long, value_name = "URL")]
+    pub mirror: String,
+
+    /// Where to write `<registry>/hosts.toml` (containerd's `config_path`, usually
+    /// `/etc/containerd/certs.d`).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Make the cache the only registry nodes ask: a pull the cache cannot serve fails
+    /// instead of going to the upstream with the node's own quota.
+    #[arg(long)]
+    pub fail_closed: bool,
 }
 
 /// How logs are written to stderr.
@@ -75,5 +106,44 @@ mod tests {
             (cli.config, cli.log_format),
             (PathBuf::from("x.yaml"), LogFormat::Json)
         );
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn hosts_toml_is_a_subcommand_that_takes_the_config_before_or_after_it() {
+        for args in [
+            &[
+                "image-sync",
+                "--config",
+                "c.yaml",
+                "hosts-toml",
+                "--mirror",
+                "http://10.0.0.1:5000",
+                "--dir",
+                "d",
+            ][..],
+            &[
+                "image-sync",
+                "hosts-toml",
+                "--config",
+                "c.yaml",
+                "--mirror",
+                "http://10.0.0.1:5000",
+                "--dir",
+                "d",
+                "--fail-closed",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(cli.config, PathBuf::from("c.yaml"));
+            let Some(Command::HostsToml(hosts)) = cli.command else {
+                panic!("no subcommand in {args:?}");
+            };
+            assert_eq!(
+                (hosts.mirror.as_str(), hosts.dir),
+                ("http://10.0.0.1:5000", PathBuf::from("d"))
+            );
+        }
+        assert!(Cli::try_parse_from(["image-sync", "hosts-toml", "--dir", "d"]).is_err());
     }
 }

@@ -44,6 +44,10 @@ pub struct RawImage {
     /// Repository path in the cache, replacing the default (the source path).
     #[serde(default)]
     pub cache_as: Option<String>,
+    /// Also keep this image's signatures, attestations and SBOMs cached (default:
+    /// `settings.referrers`).
+    #[serde(default)]
+    pub referrers: Option<bool>,
 }
 
 /// `settings`, all optional.
@@ -77,6 +81,10 @@ pub struct RawSettings {
     pub quota_reserve: Option<RawReserve>,
     /// A Pushgateway to push the run's metrics to (`http://host:9091`).
     pub pushgateway: Option<String>,
+    /// Keep every image's signatures, attestations and SBOMs cached (default false).
+    pub referrers: Option<bool>,
+    /// A referrer that fails to sync fails its image (default false: reported only).
+    pub referrers_required: Option<bool>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

@@ -12,9 +12,11 @@ pub mod exit;
 pub mod hub_key;
 pub mod logging;
 pub mod metrics;
+pub mod nodes;
 pub mod plan;
 pub mod process;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod report;
 pub mod resources;
@@ -40,6 +42,9 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::USAGE;
         }
     };
+    if let Some(cli::Command::HostsToml(args)) = &cli.command {
+        return nodes::run(&plan, args);
+    }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         return exit::SUCCESS;

@@ -61,6 +61,9 @@ pub struct Job {
     pub tag: Tag,
     /// Where the image lands in the cache.
     pub target: Repository,
+    /// Also sync its signatures, attestations and SBOMs (`referrers`, per image or in
+    /// `settings`).
+    pub referrers: bool,
 }
 
 /// Resolved `settings`.
@@ -88,6 +91,8 @@ pub struct Settings {
     pub quota_reserve: crate::registry::quota::Reserve,
     /// Where to push the run's metrics, from the config (the command line may override).
     pub pushgateway: Option<String>,
+    /// A referrer that fails to sync fails its image (`settings.referrers_required`).
+    pub referrers_required: bool,
 }
 
 /// One thing wrong with the config.
@@ -162,6 +167,9 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             source,
             tag,
             target,
+            referrers: image
+                .referrers
+                .unwrap_or(raw.settings.referrers.unwrap_or(false)),
         }) else {
             continue;
         };
@@ -361,6 +369,7 @@ fn resolve_settings(
         digest_check: raw.digest_check.unwrap_or_default(),
         quota_reserve,
         pushgateway: raw.pushgateway.clone(),
+        referrers_required: raw.referrers_required.unwrap_or(false),
     })
 }
 

@@ -63,6 +63,10 @@ pub struct ImageResult {
     /// Manifest GETs the upstream digest checks sent (each a pull on Docker Hub): 0
     /// while HEAD answers with a digest. Copies are not counted here.
     pub check_gets: u32,
+    /// Signatures, attestations and SBOMs brought up to date (`referrers: true` only;
+    /// absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<crate::referrers::Counts>,
 }
 
 /// Counts by action.
@@ -155,6 +159,7 @@ mod tests {
             tool: Some(Tool::Crane),
             attempts: 1,
             check_gets: 0,
+            referrers: None,
         }
     }
 

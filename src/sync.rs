@@ -19,6 +19,7 @@ use crate::decision::{Decision, decide};
 use crate::plan::{Job, Plan, Settings};
 use crate::process::Cancel;
 use crate::reference::Digest;
+use crate::referrers::{Counts, Referrers};
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::report::{Action, ImageResult};
 use crate::retry;
@@ -326,7 +327,9 @@ async fn sync_image(
     drop(check_permit);
 
     match decide(&remote, outcome.cached.as_ref(), context.dry_run) {
-        Decision::AlreadyCached => outcome.finished(Action::AlreadyCached),
+        Decision::AlreadyCached => {
+            with_referrers(job, context, outcome, &remote, Action::AlreadyCached).await
+        }
         Decision::WouldCopy => outcome.finished(Action::WouldPull),
         Decision::Copy => copy_and_verify(job, context, outcome, &remote).await,
     }
@@ -346,7 +349,7 @@ async fn copy_and_verify(
         permit = Arc::clone(&context.copies).acquire_owned() => permit,
         _ = cancel.wait_for(|cancelled| *cancelled) => return outcome.deferred(&context.stop_reason().unwrap_or_default()),
     };
-    let Ok(_permit) = permit else {
+    let Ok(permit) = permit else {
         return outcome.deferred("the copy queue closed");
     };
     if let Some(reason) = context.stop_reason() {
@@ -415,9 +418,54 @@ async fn copy_and_verify(
             ..failure
         }),
     };
+    // Referrer copies take permits of their own.
+    drop(permit);
     match drift {
         Some(failure) => outcome.failed(copied.tool, &failure),
-        None => outcome.finished(Action::Pulled),
+        None => with_referrers(job, context, outcome, remote, Action::Pulled).await,
+    }
+}
+
+/// Finishes an image that is in the cache: first its signatures, attestations and SBOMs
+/// when the job asks for them (see [`crate::referrers`]). Their failures fail the image
+/// only with `settings.referrers_required`.
+async fn with_referrers(
+    job: &Job,
+    context: &Context,
+    mut outcome: Outcome<'_>,
+    remote: &Digest,
+    action: Action,
+) -> ImageResult {
+    if !job.referrers || context.dry_run {
+        return outcome.finished(action);
+    }
+    let referrers = Referrers {
+        toolbox: &context.toolbox,
+        check_timeout: context.settings.check_timeout,
+        pull_timeout: context.settings.pull_timeout,
+        cancel: &context.cancel,
+        copies: &context.copies,
+    };
+    let synced = referrers.sync(&job.source, &job.target, remote).await;
+    let (counts, failure) = (synced.counts, synced.failure);
+    outcome.referrers = Some(counts);
+    outcome.check_gets += synced.check_gets;
+    match failure {
+        Some(failure) if context.settings.referrers_required => outcome.failed(
+            None,
+            &Failure {
+                message: format!(
+                    "{}; while syncing the image's signatures, attestations and SBOMs (settings.referrers_required: true)",
+                    failure.message
+                ),
+                ..failure
+            },
+        ),
+        Some(failure) => {
+            tracing::warn!(image = %job.image, tag = %job.tag, cause = %failure, failed = counts.failed, "referrers not synced (settings.referrers_required is false: the image still counts as synced)");
+            outcome.finished(action)
+        }
+        None => outcome.finished(action),
     }
 }
 
@@ -430,6 +478,7 @@ struct Outcome<'a> {
     remote: Option<Digest>,
     cached: Option<Digest>,
     tool: Option<Tool>,
+    referrers: Option<Counts>,
 }
 
 impl<'a> Outcome<'a> {
@@ -442,6 +491,7 @@ impl<'a> Outcome<'a> {
             remote: None,
             cached: None,
             tool: None,
+            referrers: None,
         }
     }
 
@@ -486,6 +536,7 @@ impl<'a> Outcome<'a> {
             tool: self.tool,
             attempts: self.attempts,
             check_gets: self.check_gets,
+            referrers: self.referrers,
         }
     }
 }

@@ -22,6 +22,9 @@ use super::quota::{self, Ledger};
 use crate::reference::{DOCKER_HUB, Digest, Repository, Tag};
 use crate::tls::{TlsPolicy, crane_speaks_http};
 
+mod referrers;
+pub use referrers::{Listed, Referrer};
+
 /// Every manifest type a tag may point at; the registry answers with the stored one and
 /// its digest, without conversion.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \

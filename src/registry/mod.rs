@@ -13,6 +13,7 @@ pub mod skopeo;
 pub mod tool_errors;
 pub mod toolbox;
 
+pub use client::{Listed, Referrer};
 pub use failure::{Class, Failure, Side};
 pub use toolbox::{Attempted, DigestCheck, Tool, Toolbox};
 

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::client::Want;
-use super::client::{Checked, Client};
+use super::client::{Checked, Client, Listed, Want};
 use super::credentials::{Keyring, Lookup};
 use super::failure::{Class, Failure, Side};
 use super::quota::{Ledger, Reserve};
@@ -84,6 +83,22 @@ impl<T> Attempted<T> {
             tries,
             gets: 0,
             children: None,
+        }
+    }
+}
+
+/// Where a copy lands: under a tag, or by digest only.
+#[derive(Debug, Clone, Copy)]
+enum Destination<'a> {
+    Tag(&'a Tag),
+    Digest(&'a Digest),
+}
+
+impl Destination<'_> {
+    fn on(self, repository: &Repository) -> String {
+        match self {
+            Self::Tag(tag) => repository.with_tag(tag),
+            Self::Digest(digest) => repository.with_digest(digest),
         }
     }
 }
@@ -398,8 +413,65 @@ impl Toolbox {
         cancel: &Cancel,
         previous: Option<&Failure>,
     ) -> Attempted<()> {
+        let destination = Destination::Tag(tag);
+        self.copy_to(
+            source,
+            digest,
+            target,
+            destination,
+            timeout,
+            cancel,
+            previous,
+        )
+        .await
+    }
+
+    /// One copy of `source@digest` to `target@digest`, untagged: an artifact that a
+    /// referrers API finds by its `subject` (a signature, an SBOM), not by a tag.
+    pub async fn copy_by_digest(
+        &self,
+        source: &Repository,
+        digest: &Digest,
+        target: &Repository,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Attempted<()> {
+        let destination = Destination::Digest(digest);
+        self.copy_to(source, digest, target, destination, timeout, cancel, None)
+            .await
+    }
+
+    /// Lists the referrers of `repository@subject` through the OCI 1.1 referrers API, with
+    /// the built-in client (`Unsupported` without it: no tool lists them).
+    pub async fn referrers(
+        &self,
+        repository: &Repository,
+        subject: &Digest,
+        side: Side,
+        timeout: Duration,
+    ) -> Listed {
+        match &self.client {
+            Some(client) => client.referrers(repository, subject, side, timeout).await,
+            None => Listed::Unsupported,
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one copy's whole description; a struct would only rename them"
+    )]
+    async fn copy_to(
+        &self,
+        source: &Repository,
+        digest: &Digest,
+        target: &Repository,
+        destination: Destination<'_>,
+        timeout: Duration,
+        cancel: &Cancel,
+        previous: Option<&Failure>,
+    ) -> Attempted<()> {
         let from = source.with_digest(digest);
-        let to = target.with_tag(tag);
+        let to = destination.on(target);
         let budget = Budget::new(timeout);
         let ends = Ends {
             upstream: Some(source.host()),
@@ -422,7 +494,7 @@ impl Toolbox {
             _ => None,
         };
         if let Some((crane, insecure, destination_host)) = crane_route {
-            let crane_to = Repository::new(destination_host, target.path()).with_tag(tag);
+            let crane_to = destination.on(&Repository::new(destination_host, target.path()));
             let literal = (destination_host != target.host()).then_some(destination_host.as_str());
             let env = match (&self.literal_auth, literal) {
                 (Some(dir), Some(_)) => vec![(

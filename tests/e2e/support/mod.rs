@@ -1,6 +1,7 @@
 //! Test fixtures: real registries, real tools, OCI images made here, and a builder that
 //! runs the real `image-sync` binary.
 
+pub mod containerd;
 pub mod dns;
 pub mod fault;
 pub mod image;
@@ -90,4 +91,17 @@ pub fn write_script(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).expect("write script");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// An extra tool a test needs (`oras`, ...): its path, or `None` (skip) when it is missing
+/// outside CI. Under CI (`IMAGE_SYNC_REQUIRE_TOOLS`) a missing tool panics.
+pub fn extra_tool(name: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        let message =
+            format!("{name} is needed on PATH; install it with scripts/install-test-tools");
+        assert!(std::env::var_os(REQUIRE_TOOLS_VAR).is_none(), "{message}");
+        eprintln!("SKIPPED: {message}");
+    }
+    found
 }

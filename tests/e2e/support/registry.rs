@@ -49,6 +49,28 @@ impl Registry {
         Self { child, port, dir }
     }
 
+    /// A registry that serves the OCI 1.1 referrers API, as Docker Hub and Zot do:
+    /// go-containerregistry's registry (`tests/referrers-registry`, built by
+    /// scripts/install-test-tools), with the same kind of access log. `None` (skip) when it
+    /// is not installed, outside CI.
+    pub fn start_with_referrers_api() -> Option<Self> {
+        let binary = super::extra_tool(REFERRERS_REGISTRY)?;
+        let dir = tempfile::tempdir().expect("registry tempdir");
+        let port = free_port();
+        let log_path = dir.path().join("access.log");
+        let log = std::fs::File::create(&log_path).expect("access log");
+        let child = Command::new(binary)
+            .arg("-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the referrers registry");
+        let child = wait_ready(child, port, &log_path);
+        Some(Self { child, port, dir })
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -152,7 +174,7 @@ pub fn serve(tools: &Tools, dir: &std::path::Path, config: &str, port: u16) -> C
     std::fs::write(&config_path, config).expect("write registry config");
     let log_path = dir.join("access.log");
     let log = std::fs::File::create(&log_path).expect("access log");
-    let mut child = Command::new(&tools.registry)
+    let child = Command::new(&tools.registry)
         .arg("serve")
         .arg(&config_path)
         .stdin(Stdio::null())
@@ -160,6 +182,14 @@ pub fn serve(tools: &Tools, dir: &std::path::Path, config: &str, port: u16) -> C
         .stderr(log)
         .spawn()
         .expect("start docker-registry");
+    wait_ready(child, port, &log_path)
+}
+
+/// The test helper that serves the referrers API (`tests/referrers-registry`).
+pub const REFERRERS_REGISTRY: &str = "image-sync-referrers-registry";
+
+/// Waits until `port` answers HTTP; kills the child and panics with its log otherwise.
+fn wait_ready(mut child: Child, port: u16, log_path: &std::path::Path) -> Child {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
@@ -175,7 +205,7 @@ pub fn serve(tools: &Tools, dir: &std::path::Path, config: &str, port: u16) -> C
     let _ = child.wait();
     panic!(
         "registry on port {port} did not start; log:\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        std::fs::read_to_string(log_path).unwrap_or_default()
     );
 }
 
