@@ -735,3 +735,35 @@ fn referrer_checks_that_must_get_are_reported_and_a_dry_run_looks_at_none() {
     assert_eq!((spent.manifest_gets, manifests), (5, 4), "{spent:?}");
     assert_eq!(run.result(0)["check_gets"], 4);
 }
+
+/// The quota reserve covers referrer copies as it covers image copies: with pulls for the
+/// image only, the image is copied and its referrers wait for the next run.
+#[test]
+fn referrer_copies_stay_above_the_quota_reserve() {
+    let Some(signed) = signed_image("  quota_reserve: 1\n  concurrency: 1\n") else {
+        return;
+    };
+    let up = signed.pair.upstream.host();
+    let quota = std::sync::Arc::new(crate::support::fault::Quota::new(
+        100,
+        2,
+        3_600,
+        "198.51.100.9",
+    ));
+    let hub = FaultProxy::start(up.clone()).with_quota(std::sync::Arc::clone(&quota));
+    let config = signed
+        .config
+        .replace(&format!("\"{up}/"), &format!("\"{}/", hub.host()));
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    let (copied, _, failed) = referrer_counts(&run);
+    assert_eq!(copied, 0, "no referrer copy below the reserve");
+    assert!(
+        failed >= 2,
+        "the signature and the attestation wait: {failed}"
+    );
+    assert!(run.stderr.contains("quota reserve:"), "{}", run.stderr);
+    assert_eq!(quota.remaining(), 1, "the image's one pull, and no more");
+    assert_eq!(run.report()["quota"][hub.host()]["manifest_gets"], 1);
+}
