@@ -95,7 +95,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
     announce(plan, &toolbox, dry_run);
 
     let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
-    sync::refresh_quota(plan, &toolbox, &cancel).await;
+    sync::refresh_quota(plan, &results, &toolbox, &cancel).await;
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
     // Closes pooled connections, so that the descriptors counted below are leaks only.

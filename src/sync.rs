@@ -257,9 +257,20 @@ async fn preflight(plan: &Plan, context: &Context) {
 
 /// One free HEAD per metered upstream registry this run copied from, so that the report's
 /// `remaining_at_end` is what the registry says after the last pull.
-pub async fn refresh_quota(plan: &Plan, toolbox: &Toolbox, cancel: &Cancel) {
+/// The HEAD goes to an image copied in this run (its tag surely exists upstream).
+pub async fn refresh_quota(
+    plan: &Plan,
+    results: &[ImageResult],
+    toolbox: &Toolbox,
+    cancel: &Cancel,
+) {
     for registry in toolbox.ledger().to_refresh() {
-        if let Some(job) = plan.jobs.iter().find(|job| job.source.host() == registry) {
+        let copied =
+            plan.jobs.iter().zip(results).find(|(job, result)| {
+                job.source.host() == registry && result.action == Action::Pulled
+            });
+        let any = plan.jobs.iter().find(|job| job.source.host() == registry);
+        if let Some(job) = copied.map(|(job, _)| job).or(any) {
             let mut cancelled = cancel.clone();
             tokio::select! {
                 () = toolbox.read_quota(&job.source, &job.tag, plan.settings.check_timeout) => {}
