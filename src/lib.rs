@@ -18,6 +18,7 @@ pub mod registry;
 pub mod report;
 pub mod resources;
 pub mod retry;
+pub mod shard;
 pub mod signals;
 pub mod sync;
 pub mod tls;
@@ -41,7 +42,28 @@ pub fn run(cli: &Cli) -> u8 {
     };
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
+        if let Some(count) = cli.shard_count.or(cli.shard.map(|shard| shard.count)) {
+            tracing::info!("{}", shard::describe_partition(&plan, count));
+        }
         return exit::SUCCESS;
+    }
+    let mut plan = plan;
+    let sharding = shard::select(
+        cli.shard,
+        cli.shard_count,
+        std::env::var(shard::INDEX_VAR).ok().as_deref(),
+    );
+    let shard = match sharding {
+        Ok(shard) => shard,
+        Err(message) => {
+            tracing::error!("{message}");
+            return exit::USAGE;
+        }
+    };
+    if let Some(shard) = shard {
+        let total = plan.jobs.len();
+        shard::restrict(&mut plan, shard);
+        tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,7 +75,7 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::IMAGES_FAILED;
         }
     };
-    runtime.block_on(sync_and_report(&plan, cli))
+    runtime.block_on(sync_and_report(&plan, cli, shard))
 }
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
@@ -65,7 +87,7 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
+async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
@@ -92,6 +114,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
     drop(toolbox);
     let mut report = Report::new(&plan.cache_registry, dry_run, results);
     report.quota = quota;
+    report.shard = shard;
     report.print(&mut std::io::stdout().lock());
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {

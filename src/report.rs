@@ -98,6 +98,10 @@ pub struct Report {
     pub quota: BTreeMap<String, QuotaReport>,
     /// One entry per image, in config order.
     pub results: Vec<ImageResult>,
+    /// The shard this run synced (`--shard`, `--shard-count`): `results` holds only its
+    /// images. Absent in an unsharded run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl Report {
@@ -123,6 +127,7 @@ impl Report {
             summary,
             quota: BTreeMap::new(),
             results,
+            shard: None,
         }
     }
 

@@ -177,7 +177,9 @@ pub async fn sync_all(
     let mut task_index = HashMap::new();
     let mut watch = cancel.clone();
 
-    for job in &plan.jobs {
+    // Results are kept by position in `plan.jobs`, which a shard (or tag selection) makes
+    // differ from `job.index`, the position in the config.
+    for (position, job) in plan.jobs.iter().enumerate() {
         // Take the check permit before spawning, so that images start in config order and
         // a stopped run starts nothing new.
         let permit = tokio::select! {
@@ -189,9 +191,8 @@ pub async fn sync_all(
             break;
         }
         let (job, context) = (job.clone(), Arc::clone(&context));
-        let index = job.index;
         let handle = tasks.spawn(async move { sync_image(&job, &context, permit).await });
-        task_index.insert(handle.id(), index);
+        task_index.insert(handle.id(), position);
     }
 
     while let Some(joined) = tasks.join_next_with_id().await {

@@ -8,6 +8,7 @@ mod hostile_input;
 mod quota;
 mod registry_client;
 mod reliability;
+mod shards;
 mod support;
 mod sync;
 mod tls_fixture;
