@@ -36,6 +36,13 @@ pub struct RawImage {
     /// Repository path in the cache, replacing the default (the source path).
     #[serde(default)]
     pub cache_as: Option<String>,
+    /// A digest pin (`sha256:...`): the cache's tag must point at exactly this digest.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// For a pinned image: one free HEAD of the upstream tag per run, to report when it
+    /// moves away from the pin (default true).
+    #[serde(default)]
+    pub watch_tag: Option<bool>,
 }
 
 /// `settings`, all optional.
@@ -66,6 +73,9 @@ pub struct RawSettings {
     pub quota_reserve: Option<RawReserve>,
     /// A Pushgateway to push the run's metrics to (`http://host:9091`).
     pub pushgateway: Option<String>,
+    /// Anchored regular expressions: a matching tag the cache has is not checked upstream.
+    #[serde(default)]
+    pub immutable_tags: Vec<String>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

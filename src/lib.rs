@@ -11,6 +11,7 @@ pub mod decision;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod pins;
 pub mod plan;
 pub mod process;
 pub mod reference;

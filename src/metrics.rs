@@ -144,6 +144,27 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
             })
             .collect(),
     );
+    family(
+        &mut registry,
+        "tag_moved",
+        "Pinned images whose watched upstream tag points elsewhere than the pin (1) or at it (0).",
+        figures
+            .report
+            .results
+            .iter()
+            .filter_map(|result| {
+                result.tag_moved.map(|moved| {
+                    (
+                        vec![
+                            ("image".to_owned(), result.image.clone()),
+                            ("tag".to_owned(), result.tag.clone()),
+                        ],
+                        f64::from(u8::from(moved)),
+                    )
+                })
+            })
+            .collect(),
+    );
     let per_registry = |pick: fn(&(u64, u64)) -> u64| {
         figures
             .limits

@@ -61,6 +61,12 @@ pub struct Job {
     pub tag: Tag,
     /// Where the image lands in the cache.
     pub target: Repository,
+    /// The digest the cache's tag must hold (`images[].digest`), if pinned.
+    pub pin: Option<crate::reference::Digest>,
+    /// For a pinned image: HEAD the upstream tag to notice when it moves.
+    pub watch_tag: bool,
+    /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
+    pub immutable: bool,
 }
 
 /// Resolved `settings`.
@@ -144,6 +150,10 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         );
     }
 
+    let (immutable, bad_patterns) = crate::pins::immutable_patterns(&raw.settings.immutable_tags);
+    for (location, message) in bad_patterns {
+        problem(location, message);
+    }
     let mut jobs = Vec::with_capacity(raw.images.len());
     let mut targets: HashMap<(String, String), usize> = HashMap::new();
     for (index, image) in raw.images.iter().enumerate() {
@@ -153,15 +163,29 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 shorten(&image.source)
             )
         };
+        let pin = image.digest.as_deref().and_then(|raw| {
+            crate::pins::parse_pin(raw)
+                .map_err(|message| problem(location("digest"), message))
+                .ok()
+        });
+        if image.watch_tag.is_some() && image.digest.is_none() {
+            problem(
+                location("watch_tag"),
+                "applies to a pinned image only; add `digest` or remove `watch_tag`".to_owned(),
+            );
+        }
         let resolved = resolve_image(image, cache.as_ref().ok(), |field, message| {
             problem(location(field), message)
         });
         let Some(job) = resolved.map(|(source, tag, target)| Job {
+            immutable: crate::pins::is_immutable(&immutable, tag.as_str()),
             index,
             image: image.source.clone(),
             source,
             tag,
             target,
+            pin,
+            watch_tag: image.watch_tag.unwrap_or(true),
         }) else {
             continue;
         };

@@ -63,6 +63,17 @@ pub struct ImageResult {
     /// Manifest GETs the upstream digest checks sent (each a pull on Docker Hub): 0
     /// while HEAD answers with a digest. Copies are not counted here.
     pub check_gets: u32,
+    /// A pinned image whose tag was watched: whether the upstream tag points elsewhere
+    /// than the pin (the pin is kept). Absent when not pinned or not watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_moved: Option<bool>,
+    /// A pinned image whose tag was watched: the upstream tag's digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_digest: Option<String>,
+    /// Decided without an upstream request: `immutable` (a cached tag matching
+    /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_check: Option<crate::pins::SkippedCheck>,
 }
 
 /// Counts by action.
@@ -160,6 +171,9 @@ mod tests {
             tool: Some(Tool::Crane),
             attempts: 1,
             check_gets: 0,
+            tag_moved: None,
+            upstream_digest: None,
+            skipped_check: None,
         }
     }
 

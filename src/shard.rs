@@ -196,6 +196,9 @@ mod tests {
             target: Repository::new("cache:5000", source.path()),
             tag: Tag::parse(tag).expect("tag"),
             source,
+            pin: None,
+            watch_tag: true,
+            immutable: false,
         }
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod config_errors;
 mod fault_proxy;
 mod hostile_input;
+mod pins;
 mod quota;
 mod registry_client;
 mod reliability;
