@@ -31,7 +31,8 @@ pub struct RawConfig {
 pub struct RawImage {
     /// Repository without tag or digest (`docker.io/library/nginx`, `nginx`).
     pub source: String,
-    /// The tag to keep cached.
+    /// The tag to keep cached (empty when `tags` selects them).
+    #[serde(default)]
     pub tag: String,
     /// Repository path in the cache, replacing the default (the source path).
     #[serde(default)]
@@ -43,6 +44,26 @@ pub struct RawImage {
     /// moves away from the pin (default true).
     #[serde(default)]
     pub watch_tag: Option<bool>,
+    /// Tag rules instead of `tag`: the upstream's tags are listed and selected.
+    #[serde(default)]
+    pub tags: Option<RawTags>,
+}
+
+/// `images[].tags`: which of the upstream's tags to keep cached (see `crate::tags`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    /// A version range (`">=1.27, <1.29"`).
+    pub semver: Option<String>,
+    /// An anchored regular expression a tag must match.
+    pub regex: Option<String>,
+    /// An anchored regular expression a tag must not match.
+    pub exclude: Option<String>,
+    /// Keep only the N highest of the matching tags.
+    pub latest: Option<u64>,
+    /// Literal tags always kept.
+    #[serde(default)]
+    pub include: Vec<String>,
 }
 
 /// `settings`, all optional.
@@ -76,6 +97,8 @@ pub struct RawSettings {
     /// Anchored regular expressions: a matching tag the cache has is not checked upstream.
     #[serde(default)]
     pub immutable_tags: Vec<String>,
+    /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
+    pub tag_page_size: Option<u64>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

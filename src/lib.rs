@@ -22,6 +22,7 @@ pub mod retry;
 pub mod shard;
 pub mod signals;
 pub mod sync;
+pub mod tags;
 pub mod tls;
 
 use std::sync::Arc;
@@ -43,12 +44,14 @@ pub fn run(cli: &Cli) -> u8 {
     };
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
+        if !plan.selections.is_empty() {
+            tracing::info!("{}", tags::describe(&plan));
+        }
         if let Some(count) = cli.shard_count.or(cli.shard.map(|shard| shard.count)) {
             tracing::info!("{}", shard::describe_partition(&plan, count));
         }
         return exit::SUCCESS;
     }
-    let mut plan = plan;
     let sharding = shard::select(
         cli.shard,
         cli.shard_count,
@@ -61,11 +64,6 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::USAGE;
         }
     };
-    if let Some(shard) = shard {
-        let total = plan.jobs.len();
-        shard::restrict(&mut plan, shard);
-        tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,6 +87,8 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
 }
 
 async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
+    let mut plan = plan.clone();
+    let plan = &mut plan;
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
@@ -105,9 +105,24 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         )
         .await,
     );
+    // Tag rules first (each shard lists every entry: listings are not pulls), then the
+    // shard, so that each selected tag belongs to exactly one shard.
+    let (tag_lists, mut unlisted) = tags::expand(plan, &toolbox).await;
+    if let Some(shard) = shard {
+        let total = plan.jobs.len();
+        shard::restrict(plan, shard);
+        unlisted.retain(|(index, _)| {
+            plan.selections
+                .iter()
+                .find(|selection| selection.template.index == *index)
+                .is_some_and(|selection| shard.owns(&selection.template))
+        });
+        tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
+    }
     announce(plan, &toolbox, dry_run);
 
-    let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    let results = tags::merge_in_config_order(plan, synced, unlisted);
     sync::refresh_quota(plan, &toolbox, &cancel).await;
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
@@ -116,6 +131,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     let mut report = Report::new(&plan.cache_registry, dry_run, results);
     report.quota = quota;
     report.shard = shard;
+    report.tag_lists = tag_lists;
     report.print(&mut std::io::stdout().lock());
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {

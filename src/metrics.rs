@@ -144,6 +144,19 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
             })
             .collect(),
     );
+    gauge(
+        &mut registry,
+        "tag_list_requests",
+        "Upstream tags/list requests of the last run (tag rules; not pulls).",
+        f64::from(
+            figures
+                .report
+                .tag_lists
+                .iter()
+                .map(|list| list.requests)
+                .sum::<u32>(),
+        ),
+    );
     family(
         &mut registry,
         "tag_moved",

@@ -44,6 +44,8 @@ pub struct Plan {
     pub cache_host: String,
     /// The images, in config order.
     pub jobs: Vec<Job>,
+    /// The entries with tag rules (`tags:`), expanded into jobs at run time.
+    pub selections: Vec<Selection>,
     /// Resolved settings.
     pub settings: Settings,
 }
@@ -67,6 +69,17 @@ pub struct Job {
     pub watch_tag: bool,
     /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
     pub immutable: bool,
+    /// For a tag chosen by tag rules: which rule selected it.
+    pub selected_by: Option<String>,
+}
+
+/// An entry with tag rules: a job template (its `tag` a placeholder) and the rules.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The job each selected tag becomes, with the tag replaced.
+    pub template: Job,
+    /// The validated rules.
+    pub rules: crate::tags::Rules,
 }
 
 /// Resolved `settings`.
@@ -94,6 +107,10 @@ pub struct Settings {
     pub quota_reserve: crate::registry::quota::Reserve,
     /// Where to push the run's metrics, from the config (the command line may override).
     pub pushgateway: Option<String>,
+    /// `settings.immutable_tags`, compiled and anchored.
+    pub immutable_tags: Vec<regex::Regex>,
+    /// Tags per `tags/list` page (`n`).
+    pub tag_page_size: u32,
 }
 
 /// One thing wrong with the config.
@@ -155,6 +172,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         problem(location, message);
     }
     let mut jobs = Vec::with_capacity(raw.images.len());
+    let mut selections = Vec::new();
     let mut targets: HashMap<(String, String), usize> = HashMap::new();
     for (index, image) in raw.images.iter().enumerate() {
         let location = |field: &str| {
@@ -163,6 +181,16 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 shorten(&image.source)
             )
         };
+        let rules = crate::tags::check_entry(image, &mut |field, message| {
+            problem(location(field), message)
+        });
+        if image.tag.is_empty() && image.tags.is_none() {
+            problem(
+                format!("images[{index}] (source `{}`)", shorten(&image.source)),
+                "missing field `tag` (or `tags`, for tag rules)".to_owned(),
+            );
+            continue;
+        }
         let pin = image.digest.as_deref().and_then(|raw| {
             crate::pins::parse_pin(raw)
                 .map_err(|message| problem(location("digest"), message))
@@ -186,9 +214,17 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             target,
             pin,
             watch_tag: image.watch_tag.unwrap_or(true),
+            selected_by: None,
         }) else {
             continue;
         };
+        if let Some(rules) = rules {
+            selections.push(Selection {
+                template: job,
+                rules,
+            });
+            continue;
+        }
         let key = (job.target.to_string(), job.tag.to_string());
         if let Some(first) = targets.insert(key, index) {
             problem(
@@ -212,7 +248,11 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             cache_registry: raw.cache_registry,
             cache_host,
             jobs,
-            settings,
+            selections,
+            settings: Settings {
+                immutable_tags: immutable,
+                ..settings
+            },
         }),
         _ => Err(PlanError {
             path: config_path.to_owned(),
@@ -273,6 +313,12 @@ fn resolve_settings(
         (1, MAX_CHECK_CONCURRENCY),
     );
     let retries = bounded("retries", raw.retries, DEFAULT_RETRIES, (0, MAX_RETRIES));
+    let tag_page_size = bounded(
+        "tag_page_size",
+        raw.tag_page_size,
+        crate::tags::DEFAULT_PAGE_SIZE,
+        (1, crate::tags::MAX_PAGE_SIZE),
+    );
     let run_deadline = raw
         .run_deadline_secs
         .map(|secs| bounded("run_deadline_secs", Some(secs), secs, (1, MAX_TIMEOUT_SECS)));
@@ -338,6 +384,8 @@ fn resolve_settings(
         digest_check: raw.digest_check.unwrap_or_default(),
         quota_reserve,
         pushgateway: raw.pushgateway.clone(),
+        immutable_tags: Vec::new(),
+        tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
     })
 }
 
@@ -402,8 +450,14 @@ fn resolve_image(
     let source = Repository::parse_source(&image.source)
         .map_err(|err| problem("source", format!("`{}` {err}", shorten(&image.source))))
         .ok();
-    let tag = Tag::parse(&image.tag)
-        .map_err(|err| problem("tag", format!("`{}` {err}", shorten(&image.tag))))
+    // With tag rules the tags come from the upstream at run time: a placeholder here.
+    let written = if image.tags.is_some() {
+        crate::tags::PLACEHOLDER
+    } else {
+        image.tag.as_str()
+    };
+    let tag = Tag::parse(written)
+        .map_err(|err| problem("tag", format!("`{}` {err}", shorten(written))))
         .ok();
     let cache_as = match &image.cache_as {
         Some(path) => reference::parse_path(path)

@@ -74,6 +74,9 @@ pub struct ImageResult {
     /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_check: Option<crate::pins::SkippedCheck>,
+    /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_by: Option<String>,
 }
 
 /// Counts by action.
@@ -113,6 +116,9 @@ pub struct Report {
     /// images. Absent in an unsharded run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::shard::Shard>,
+    /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tag_lists: Vec<crate::tags::TagList>,
 }
 
 impl Report {
@@ -139,6 +145,7 @@ impl Report {
             quota: BTreeMap::new(),
             results,
             shard: None,
+            tag_lists: Vec::new(),
         }
     }
 
@@ -174,6 +181,7 @@ mod tests {
             tag_moved: None,
             upstream_digest: None,
             skipped_check: None,
+            selected_by: None,
         }
     }
 

@@ -199,6 +199,7 @@ mod tests {
             pin: None,
             watch_tag: true,
             immutable: false,
+            selected_by: None,
         }
     }
 

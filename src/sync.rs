@@ -629,6 +629,7 @@ impl<'a> Outcome<'a> {
             tag_moved: self.tag_moved,
             upstream_digest: self.upstream.as_ref().map(ToString::to_string),
             skipped_check: self.skipped_check,
+            selected_by: self.job.selected_by.clone(),
         }
     }
 }

@@ -12,4 +12,5 @@ mod reliability;
 mod shards;
 mod support;
 mod sync;
+mod tags;
 mod tls_fixture;
