@@ -172,6 +172,13 @@ pub fn describe_partition(plan: &Plan, count: u32) -> String {
         "shards: {total} image(s) over {count} shard(s): {}; smallest {smallest}, largest {largest}, balance {balance:.2} (largest / mean; 1.00 is even)",
         per_shard.join(", ")
     );
+    if !plan.selections.is_empty() {
+        text.push_str(&format!(
+            "\n  (not counted: the tags of {} tag-rule entr{}, listed at run time; each selected tag is placed the same way)",
+            plan.selections.len(),
+            if plan.selections.len() == 1 { "y" } else { "ies" }
+        ));
+    }
     for job in &plan.jobs {
         text.push_str(&format!(
             "\n  shard {} <- [{}] {}",

@@ -228,3 +228,33 @@ fn a_listing_that_fails_fails_its_entry_only() {
     );
     assert_eq!(outcome.report()["tag_lists"][0]["requests"], 1);
 }
+
+#[test]
+fn tag_rule_mistakes_are_config_errors_naming_image_and_field() {
+    let yaml = "cache_registry: \"cache:5000\"\nimages:\n  - {source: a, tag: \"1\", tags: {semver: \"^1\"}}\n  - {source: b, digest: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\", tags: {include: [x]}}\n  - {source: c, tags: {semver: \">=1.x.y.z\", latest: 0}}\n  - {source: d}\n  - {source: e, tags: {regex: '.*', unknown: 1}}\n";
+    let outcome = ImageSync::new().config(yaml).arg("--check").run();
+    outcome.expect_code(2);
+    // serde stops at the unknown key first, naming the image and the line.
+    assert!(
+        outcome.stderr.contains("images[4] (source `e`)")
+            && outcome.stderr.contains("unknown field `unknown`"),
+        "{}",
+        outcome.stderr
+    );
+    let yaml = yaml.replace(", unknown: 1", "");
+    let outcome = ImageSync::new().config(&yaml).arg("--check").run();
+    outcome.expect_code(2);
+    for text in [
+        "images[0] (source `a`) field `tags`: give either `tag` or `tags`, not both",
+        "images[1] (source `b`) field `digest`: pins one tag; it cannot go with `tags`",
+        "images[2] (source `c`) field `tags.semver`: `>=1.x.y.z` is not a version range",
+        "images[2] (source `c`) field `tags.latest`: is 0; it must be between 1 and 1000",
+        "images[3] (source `d`): missing field `tag` (or `tags`, for tag rules)",
+    ] {
+        assert!(
+            outcome.stderr.contains(text),
+            "missing {text:?}:\n{}",
+            outcome.stderr
+        );
+    }
+}
