@@ -299,8 +299,16 @@ async fn sync_image(
 ) -> ImageResult {
     let mut outcome = Outcome::new(job);
     let (source_host, cache_host) = (job.source.host(), job.target.host());
-    // A dead cache fails every image; checking it first spares the upstream a request.
-    if let Some(skipped) = context.breakers.check(&[cache_host, source_host]) {
+    // A dead cache fails every image; checking it first spares the upstream a request. A
+    // pinned image, or an immutable tag outside a dry run, may be decided by the cache
+    // alone: a dead upstream fails it only if it needs the upstream (each step checks).
+    let cache_decides = job.pin.is_some() || (job.immutable && !context.dry_run);
+    let hosts: &[&str] = if cache_decides {
+        &[cache_host]
+    } else {
+        &[cache_host, source_host]
+    };
+    if let Some(skipped) = context.breakers.check(hosts) {
         return outcome.failed(None, &skipped);
     }
     if let Some(pin) = &job.pin {

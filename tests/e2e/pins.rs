@@ -290,3 +290,52 @@ fn bad_pins_and_patterns_are_config_errors_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn pinned_and_immutable_images_stay_cached_while_the_upstream_is_down() {
+    let Some(p) = pair() else { return };
+    let (up, cache) = (p.upstream.host(), p.cache.host());
+    image::push_singles(&p.tools, &up, &["down/a", "down/b", "down/c"]);
+    // Read once, before any counting: crane's digest requests go to the real upstream.
+    let (a, b) = (
+        image::digest_of(&p.tools, &format!("{up}/down/a:1")).expect("digest a"),
+        image::digest_of(&p.tools, &format!("{up}/down/b:1")).expect("digest b"),
+    );
+    let yaml = |host: &str| {
+        format!(
+            "cache_registry: \"{cache}\"\nimages:\n  - {{source: \"{host}/down/a\", tag: \"1\", digest: \"{}\"}}\n  - {{source: \"{host}/down/b\", tag: \"1\", digest: \"{}\"}}\n  - {{source: \"{host}/down/c\", tag: \"1\"}}\n{SETTINGS}  retries: 0\n  immutable_tags: ['1']\n",
+            a, b,
+        )
+    };
+    let first = ImageSync::new().config(&yaml(&up)).run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled", "pulled", "pulled"]);
+
+    // The same images (the cache path has no host) from an upstream that refuses
+    // connections: the watch fails (a warning, the breaker trips), nothing else does.
+    let dead = format!("127.0.0.1:{}", crate::support::registry::free_port());
+    let (cache_before, seen) = (p.cache.counts(), p.upstream.requests().len());
+    let down = ImageSync::new().config(&yaml(&dead)).run();
+    down.expect_code(0);
+    assert_eq!(
+        down.actions(),
+        ["already_cached", "already_cached", "already_cached"]
+    );
+    assert_eq!(down.result(2)["skipped_check"], "immutable");
+    assert!(
+        down.result(0).get("tag_moved").is_none(),
+        "not watched: no verdict"
+    );
+    assert!(
+        down.stderr
+            .contains("cannot watch the upstream tag of a pinned image"),
+        "{}",
+        down.stderr
+    );
+    assert_eq!((p.cache.counts() - cache_before).writes, 0);
+    assert_eq!(
+        p.upstream.requests().len(),
+        seen,
+        "the real upstream was not asked"
+    );
+}
