@@ -107,7 +107,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     );
     // Tag rules first (each shard lists every entry: listings are not pulls), then the
     // shard, so that each selected tag belongs to exactly one shard.
-    let (tag_lists, mut unlisted) = tags::expand(plan, &toolbox).await;
+    let (tag_lists, mut unlisted) = tags::expand(plan, &toolbox, &cancel).await;
     if let Some(shard) = shard {
         let total = plan.jobs.len();
         shard::restrict(plan, shard);

@@ -87,6 +87,7 @@ pub struct TagList {
 pub async fn expand(
     plan: &mut crate::plan::Plan,
     toolbox: &crate::registry::Toolbox,
+    cancel: &crate::process::Cancel,
 ) -> (Vec<TagList>, Vec<(usize, crate::report::ImageResult)>) {
     let mut lists = Vec::new();
     let mut failed = Vec::new();
@@ -100,10 +101,24 @@ pub async fn expand(
     for selection in &selections {
         let template = &selection.template;
         let (listed, requests) = if selection.rules.needs_listing() {
-            let listed = toolbox
-                .list_tags(&template.source, plan.settings.tag_page_size, timeout)
-                .await;
-            (listed.tags, listed.requests)
+            // A signal stops the listings too: what is not listed fails as interrupted.
+            let mut cancelled = cancel.clone();
+            let stopped = || {
+                crate::registry::Failure::new(
+                    crate::registry::Class::Interrupted,
+                    format!("before the tags of {} were listed", template.source),
+                )
+            };
+            if *cancelled.borrow() {
+                (Err(stopped()), 0)
+            } else {
+                tokio::select! {
+                    listed = toolbox.list_tags(&template.source, plan.settings.tag_page_size, timeout) => {
+                        (listed.tags, listed.requests)
+                    }
+                    _ = cancelled.wait_for(|cancelled| *cancelled) => (Err(stopped()), 0),
+                }
+            }
         } else {
             (Ok(Vec::new()), 0)
         };

@@ -258,3 +258,36 @@ fn tag_rule_mistakes_are_config_errors_naming_image_and_field() {
         );
     }
 }
+
+#[test]
+fn sigterm_during_a_hung_listing_stops_the_run_at_once() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["rules/hung", "rules/later"]);
+    let proxy =
+        FaultProxy::start(up.clone()).rule(Rule::new("GET", "/tags/list").respond(Fault::Stall));
+    let yaml = format!(
+        "cache_registry: \"{cache}\"\nimages:\n  - source: \"{hung}/rules/hung\"\n    tags: {{regex: '.*'}}\n  - source: \"{up}/rules/later\"\n    tag: \"1\"\nsettings:\n  check_timeout_secs: 30\n",
+        cache = p.cache.host(),
+        hung = proxy.host(),
+    );
+    let run = ImageSync::new().config(&yaml);
+    let child = run.spawn();
+    assert!(
+        proxy.wait_for("GET", "/tags/list", 1, Duration::from_secs(10)),
+        "the listing started"
+    );
+    let stopped = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let result = crate::support::runner::outcome(child.wait_with_output().expect("wait"));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+    result.expect_code(143);
+    assert_eq!(result.actions(), ["failed", "deferred"]);
+    let error = result.result(0)["error"].as_str().expect("error");
+    assert!(error.starts_with("listing tags: interrupted"), "{error}");
+}
