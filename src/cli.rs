@@ -42,6 +42,16 @@ pub struct Cli {
     #[arg(long, value_name = "URL", env = "IMAGE_SYNC_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
 
+    /// Run only shard INDEX of COUNT (INDEX from 0): each image belongs to exactly one
+    /// shard, by a fixed hash of its source, tag and cache target.
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = crate::shard::parse, conflicts_with = "shard_count")]
+    pub shard: Option<crate::shard::Shard>,
+
+    /// Split the images into COUNT shards and run the one named by `JOB_COMPLETION_INDEX`
+    /// (set in each pod of a Kubernetes Indexed Job). With `--check`: print the partition.
+    #[arg(long, value_name = "COUNT", value_parser = crate::shard::parse_count)]
+    pub shard_count: Option<u32>,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::reference::{ReferenceError, Repository, shorten};
+use crate::reference::shorten;
 
 /// The largest config file image-sync reads. A ConfigMap holds at most 1 MiB; anything much
 /// larger is a mistake (or hostile), and reading it would only waste memory.
@@ -39,7 +39,8 @@ pub struct RawConfig {
 pub struct RawImage {
     /// Repository without tag or digest (`docker.io/library/nginx`, `nginx`).
     pub source: String,
-    /// The tag to keep cached.
+    /// The tag to keep cached (empty when `tags` selects them).
+    #[serde(default)]
     pub tag: String,
     /// Repository path in the cache, replacing the default (the source path).
     #[serde(default)]
@@ -48,6 +49,33 @@ pub struct RawImage {
     /// `settings.referrers`).
     #[serde(default)]
     pub referrers: Option<bool>,
+    /// A digest pin (`sha256:...`): the cache's tag must point at exactly this digest.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// For a pinned image: one free HEAD of the upstream tag per run, to report when it
+    /// moves away from the pin (default true).
+    #[serde(default)]
+    pub watch_tag: Option<bool>,
+    /// Tag rules instead of `tag`: the upstream's tags are listed and selected.
+    #[serde(default)]
+    pub tags: Option<RawTags>,
+}
+
+/// `images[].tags`: which of the upstream's tags to keep cached (see `crate::tags`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    /// A version range (`">=1.27, <1.29"`).
+    pub semver: Option<String>,
+    /// An anchored regular expression a tag must match.
+    pub regex: Option<String>,
+    /// An anchored regular expression a tag must not match.
+    pub exclude: Option<String>,
+    /// Keep only the N highest of the matching tags.
+    pub latest: Option<u64>,
+    /// Literal tags always kept.
+    #[serde(default)]
+    pub include: Vec<String>,
 }
 
 /// `settings`, all optional.
@@ -85,6 +113,11 @@ pub struct RawSettings {
     pub referrers: Option<bool>,
     /// A referrer that fails to sync fails its image (default false: reported only).
     pub referrers_required: Option<bool>,
+    /// Anchored regular expressions: a matching tag the cache has is not checked upstream.
+    #[serde(default)]
+    pub immutable_tags: Vec<String>,
+    /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
+    pub tag_page_size: Option<u64>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.
@@ -368,22 +401,11 @@ fn describe_yaml_error(err: &serde_yaml_ng::Error, text: &str) -> String {
     let Some(source) = image_source_at(text, index) else {
         return message;
     };
-    let mut described = format!(
+    format!(
         "images[{index}] (source `{}`){}",
         shorten(&source),
         &rest[rest.find(']').map_or(0, |i| i + 1)..]
-    );
-    // Without this the tag hint came only on the next run, from the plan's checks.
-    if message.contains("missing field `tag`") {
-        if let Err(ReferenceError::TagInSource(tag)) = Repository::parse_source(&source) {
-            let repository = &source[..source.len() - tag.len() - 1];
-            described.push_str(&format!(
-                "; the tag is in `source`: move `{tag}` into `tag:` (`source: \"{}\"` and `tag: \"{tag}\"`)",
-                shorten(repository)
-            ));
-        }
-    }
-    described
+    )
 }
 
 /// A YAML syntax error, with the tab named when a tab is what broke it, and a word on
@@ -608,18 +630,6 @@ settings:
             error_of("cache_registry: c\nimages: [nginx]\n")
                 .contains("expected an image: a mapping with `source`, `tag`")
         );
-    }
-
-    #[test]
-    fn a_tag_in_source_without_a_tag_field_says_where_to_move_it_at_once() {
-        let message = error_of("cache_registry: c\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
-        assert!(
-            message.starts_with("images[0] (source `nginx:1.27-alpine`): missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:` (`source: \"nginx\"` and `tag: \"1.27-alpine\"`)"),
-            "{message}"
-        );
-        // A port is not a tag.
-        let message = error_of("cache_registry: c\nimages:\n  - source: \"127.0.0.1:5000/app\"\n");
-        assert!(!message.contains("move"), "{message}");
     }
 
     const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sync\ndata:\n  config.yaml: |\n    cache_registry: c:5000\n    images:\n      - source: nginx\n        tag: \"1\"\n";

@@ -13,6 +13,7 @@ pub mod hub_key;
 pub mod logging;
 pub mod metrics;
 pub mod nodes;
+pub mod pins;
 pub mod plan;
 pub mod process;
 pub mod reference;
@@ -21,8 +22,10 @@ pub mod registry;
 pub mod report;
 pub mod resources;
 pub mod retry;
+pub mod shard;
 pub mod signals;
 pub mod sync;
+pub mod tags;
 pub mod tls;
 
 use std::sync::Arc;
@@ -47,8 +50,26 @@ pub fn run(cli: &Cli) -> u8 {
     }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
+        if !plan.selections.is_empty() {
+            tracing::info!("{}", tags::describe(&plan));
+        }
+        if let Some(count) = cli.shard_count.or(cli.shard.map(|shard| shard.count)) {
+            tracing::info!("{}", shard::describe_partition(&plan, count));
+        }
         return exit::SUCCESS;
     }
+    let sharding = shard::select(
+        cli.shard,
+        cli.shard_count,
+        std::env::var(shard::INDEX_VAR).ok().as_deref(),
+    );
+    let shard = match sharding {
+        Ok(shard) => shard,
+        Err(message) => {
+            tracing::error!("{message}");
+            return exit::USAGE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +80,7 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::IMAGES_FAILED;
         }
     };
-    runtime.block_on(sync_and_report(&plan, cli))
+    runtime.block_on(sync_and_report(&plan, cli, shard))
 }
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
@@ -75,7 +96,9 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
+async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
+    let mut plan = plan.clone();
+    let plan = &mut plan;
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
@@ -92,16 +115,33 @@ async fn sync_and_report(plan: &Plan, cli: &Cli) -> u8 {
         )
         .await,
     );
+    // Tag rules first (each shard lists every entry: listings are not pulls), then the
+    // shard, so that each selected tag belongs to exactly one shard.
+    let (tag_lists, mut unlisted) = tags::expand(plan, &toolbox, &cancel).await;
+    if let Some(shard) = shard {
+        let total = plan.jobs.len();
+        shard::restrict(plan, shard);
+        unlisted.retain(|(index, _)| {
+            plan.selections
+                .iter()
+                .find(|selection| selection.template.index == *index)
+                .is_some_and(|selection| shard.owns(&selection.template))
+        });
+        tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
+    }
     announce(plan, &toolbox, dry_run);
 
-    let results = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
-    sync::refresh_quota(plan, &results, &toolbox, &cancel).await;
+    let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;
+    let results = tags::merge_in_config_order(plan, synced, unlisted);
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
     // Closes pooled connections, so that the descriptors counted below are leaks only.
     drop(toolbox);
     let mut report = Report::new(&plan.cache_registry, dry_run, results);
     report.quota = quota;
+    report.shard = shard;
+    report.tag_lists = tag_lists;
     report.print(&mut std::io::stdout().lock());
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {

@@ -144,6 +144,40 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
             })
             .collect(),
     );
+    gauge(
+        &mut registry,
+        "tag_list_requests",
+        "Upstream tags/list requests of the last run (tag rules; not pulls).",
+        f64::from(
+            figures
+                .report
+                .tag_lists
+                .iter()
+                .map(|list| list.requests)
+                .sum::<u32>(),
+        ),
+    );
+    family(
+        &mut registry,
+        "tag_moved",
+        "Pinned images whose watched upstream tag points elsewhere than the pin (1) or at it (0).",
+        figures
+            .report
+            .results
+            .iter()
+            .filter_map(|result| {
+                result.tag_moved.map(|moved| {
+                    (
+                        vec![
+                            ("image".to_owned(), result.image.clone()),
+                            ("tag".to_owned(), result.tag.clone()),
+                        ],
+                        f64::from(u8::from(moved)),
+                    )
+                })
+            })
+            .collect(),
+    );
     let per_registry = |pick: fn(&(u64, u64)) -> u64| {
         figures
             .limits
@@ -186,9 +220,17 @@ pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// Pushes to `URL/metrics/job/image_sync`: PUT after a success, POST otherwise.
-pub async fn push(base: &str, text: String, success: bool) -> Result<(), String> {
-    let url = format!("{}/metrics/job/{JOB}", base.trim_end_matches('/'));
+/// Pushes to `URL/metrics/job/image_sync` (`.../shard/INDEX` for a shard, so that the
+/// pods of an Indexed Job do not replace each other's group): PUT after a success, POST
+/// otherwise.
+pub async fn push(
+    base: &str,
+    text: String,
+    success: bool,
+    shard: Option<crate::shard::Shard>,
+) -> Result<(), String> {
+    let group = shard.map_or_else(String::new, |shard| format!("/shard/{}", shard.index));
+    let url = format!("{}/metrics/job/{JOB}{group}", base.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .user_agent(concat!("image-sync/", env!("CARGO_PKG_VERSION")))
         .timeout(PUSH_TIMEOUT)
@@ -231,7 +273,7 @@ pub async fn publish(figures: &RunFigures<'_>, file: Option<&Path>, pushgateway:
         }
     }
     if let Some(url) = pushgateway {
-        match push(url, render(figures, success), success).await {
+        match push(url, render(figures, success), success, figures.report.shard).await {
             Ok(()) => tracing::info!(pushgateway = %url, replaced = success, "metrics pushed"),
             Err(err) => tracing::warn!(
                 pushgateway = %url,

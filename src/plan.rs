@@ -44,6 +44,8 @@ pub struct Plan {
     pub cache_host: String,
     /// The images, in config order.
     pub jobs: Vec<Job>,
+    /// The entries with tag rules (`tags:`), expanded into jobs at run time.
+    pub selections: Vec<Selection>,
     /// Resolved settings.
     pub settings: Settings,
 }
@@ -64,6 +66,23 @@ pub struct Job {
     /// Also sync its signatures, attestations and SBOMs (`referrers`, per image or in
     /// `settings`).
     pub referrers: bool,
+    /// The digest the cache's tag must hold (`images[].digest`), if pinned.
+    pub pin: Option<crate::reference::Digest>,
+    /// For a pinned image: HEAD the upstream tag to notice when it moves.
+    pub watch_tag: bool,
+    /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
+    pub immutable: bool,
+    /// For a tag chosen by tag rules: which rule selected it.
+    pub selected_by: Option<String>,
+}
+
+/// An entry with tag rules: a job template (its `tag` a placeholder) and the rules.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The job each selected tag becomes, with the tag replaced.
+    pub template: Job,
+    /// The validated rules.
+    pub rules: crate::tags::Rules,
 }
 
 /// Resolved `settings`.
@@ -93,6 +112,10 @@ pub struct Settings {
     pub pushgateway: Option<String>,
     /// A referrer that fails to sync fails its image (`settings.referrers_required`).
     pub referrers_required: bool,
+    /// `settings.immutable_tags`, compiled and anchored.
+    pub immutable_tags: Vec<regex::Regex>,
+    /// Tags per `tags/list` page (`n`).
+    pub tag_page_size: u32,
 }
 
 /// One thing wrong with the config.
@@ -149,7 +172,12 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         );
     }
 
+    let (immutable, bad_patterns) = crate::pins::immutable_patterns(&raw.settings.immutable_tags);
+    for (location, message) in bad_patterns {
+        problem(location, message);
+    }
     let mut jobs = Vec::with_capacity(raw.images.len());
+    let mut selections = Vec::new();
     let mut targets: HashMap<(String, String), usize> = HashMap::new();
     for (index, image) in raw.images.iter().enumerate() {
         let location = |field: &str| {
@@ -158,10 +186,40 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 shorten(&image.source)
             )
         };
+        let rules = crate::tags::check_entry(image, &mut |field, message| {
+            problem(location(field), message)
+        });
+        if image.tag.is_empty() && image.tags.is_none() {
+            // The usual cause, said at once: the tag was written into `source`.
+            let hint = match Repository::parse_source(&image.source) {
+                Err(reference::ReferenceError::TagInSource(tag)) => format!(
+                    "; the tag is in `source`: move `{tag}` into `tag:` (`source: \"{}\"` and `tag: \"{tag}\"`)",
+                    shorten(&image.source[..image.source.len().saturating_sub(tag.len() + 1)])
+                ),
+                _ => String::new(),
+            };
+            problem(
+                location("tag"),
+                format!("missing field `tag` (or `tags`, for tag rules){hint}"),
+            );
+            continue;
+        }
+        let pin = image.digest.as_deref().and_then(|raw| {
+            crate::pins::parse_pin(raw)
+                .map_err(|message| problem(location("digest"), message))
+                .ok()
+        });
+        if image.watch_tag.is_some() && image.digest.is_none() {
+            problem(
+                location("watch_tag"),
+                "applies to a pinned image only; add `digest` or remove `watch_tag`".to_owned(),
+            );
+        }
         let resolved = resolve_image(image, cache.as_ref().ok(), |field, message| {
             problem(location(field), message)
         });
         let Some(job) = resolved.map(|(source, tag, target)| Job {
+            immutable: crate::pins::is_immutable(&immutable, tag.as_str()),
             index,
             image: image.source.clone(),
             source,
@@ -170,9 +228,19 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             referrers: image
                 .referrers
                 .unwrap_or(raw.settings.referrers.unwrap_or(false)),
+            pin,
+            watch_tag: image.watch_tag.unwrap_or(true),
+            selected_by: None,
         }) else {
             continue;
         };
+        if let Some(rules) = rules {
+            selections.push(Selection {
+                template: job,
+                rules,
+            });
+            continue;
+        }
         let key = (job.target.to_string(), job.tag.to_string());
         if let Some(first) = targets.insert(key, index) {
             problem(
@@ -221,7 +289,11 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             cache_registry: raw.cache_registry,
             cache_host,
             jobs,
-            settings,
+            selections,
+            settings: Settings {
+                immutable_tags: immutable,
+                ..settings
+            },
         }),
         _ => Err(PlanError {
             path: config_path.to_owned(),
@@ -304,6 +376,12 @@ fn resolve_settings(
         (1, MAX_CHECK_CONCURRENCY),
     );
     let retries = bounded("retries", raw.retries, DEFAULT_RETRIES, (0, MAX_RETRIES));
+    let tag_page_size = bounded(
+        "tag_page_size",
+        raw.tag_page_size,
+        crate::tags::DEFAULT_PAGE_SIZE,
+        (1, crate::tags::MAX_PAGE_SIZE),
+    );
     let run_deadline = raw
         .run_deadline_secs
         .map(|secs| bounded("run_deadline_secs", Some(secs), secs, (1, MAX_TIMEOUT_SECS)));
@@ -370,6 +448,8 @@ fn resolve_settings(
         quota_reserve,
         pushgateway: raw.pushgateway.clone(),
         referrers_required: raw.referrers_required.unwrap_or(false),
+        immutable_tags: Vec::new(),
+        tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
     })
 }
 
@@ -434,8 +514,14 @@ fn resolve_image(
     let source = Repository::parse_source(&image.source)
         .map_err(|err| problem("source", format!("`{}` {err}", shorten(&image.source))))
         .ok();
-    let tag = Tag::parse(&image.tag)
-        .map_err(|err| problem("tag", format!("`{}` {err}", shorten(&image.tag))))
+    // With tag rules the tags come from the upstream at run time: a placeholder here.
+    let written = if image.tags.is_some() {
+        crate::tags::PLACEHOLDER
+    } else {
+        image.tag.as_str()
+    };
+    let tag = Tag::parse(written)
+        .map_err(|err| problem("tag", format!("`{}` {err}", shorten(written))))
         .ok();
     let cache_as = match &image.cache_as {
         Some(path) => reference::parse_path(path)
@@ -521,6 +607,20 @@ mod tests {
         assert_eq!(plan.settings.pull_timeout, Duration::from_secs(300));
         assert_eq!(plan.settings.check_timeout, Duration::from_secs(30));
         assert!(!plan.settings.skip_on_error);
+    }
+
+    #[test]
+    fn a_tag_left_in_source_without_a_tag_field_says_where_to_move_it() {
+        let found = problems("cache_registry: c\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
+        assert_eq!(
+            found,
+            [
+                "images[0] (source `nginx:1.27-alpine`) field `tag`: missing field `tag` (or `tags`, for tag rules); the tag is in `source`: move `1.27-alpine` into `tag:` (`source: \"nginx\"` and `tag: \"1.27-alpine\"`)"
+            ]
+        );
+        // A port is not a tag.
+        let found = problems("cache_registry: c\nimages:\n  - source: \"127.0.0.1:5000/app\"\n");
+        assert!(!found.iter().any(|p| p.contains("move")), "{found:?}");
     }
 
     #[test]

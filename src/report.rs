@@ -67,6 +67,20 @@ pub struct ImageResult {
     /// absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<crate::referrers::Counts>,
+    /// A pinned image whose tag was watched: whether the upstream tag points elsewhere
+    /// than the pin (the pin is kept). Absent when not pinned or not watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_moved: Option<bool>,
+    /// A pinned image whose tag was watched: the upstream tag's digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_digest: Option<String>,
+    /// Decided without an upstream request: `immutable` (a cached tag matching
+    /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_check: Option<crate::pins::SkippedCheck>,
+    /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_by: Option<String>,
 }
 
 /// Counts by action.
@@ -102,6 +116,13 @@ pub struct Report {
     pub quota: BTreeMap<String, QuotaReport>,
     /// One entry per image, in config order.
     pub results: Vec<ImageResult>,
+    /// The shard this run synced (`--shard`, `--shard-count`): `results` holds only its
+    /// images. Absent in an unsharded run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
+    /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tag_lists: Vec<crate::tags::TagList>,
 }
 
 impl Report {
@@ -127,6 +148,8 @@ impl Report {
             summary,
             quota: BTreeMap::new(),
             results,
+            shard: None,
+            tag_lists: Vec::new(),
         }
     }
 
@@ -160,6 +183,10 @@ mod tests {
             attempts: 1,
             check_gets: 0,
             referrers: None,
+            tag_moved: None,
+            upstream_digest: None,
+            skipped_check: None,
+            selected_by: None,
         }
     }
 

@@ -16,9 +16,10 @@ use tokio::task::JoinSet;
 
 use crate::breaker::Breakers;
 use crate::decision::{Decision, decide};
+use crate::pins::{self, SkippedCheck};
 use crate::plan::{Job, Plan, Settings};
 use crate::process::Cancel;
-use crate::reference::Digest;
+use crate::reference::{Digest, Repository, Tag};
 use crate::referrers::{Counts, Referrers};
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::report::{Action, ImageResult};
@@ -133,6 +134,27 @@ impl Context {
         }
     }
 
+    /// One digest check of `repository:tag` on `side`, with the retries of a step.
+    async fn check(
+        &self,
+        repository: &Repository,
+        tag: &Tag,
+        side: Side,
+        tally: &mut Tally,
+    ) -> Attempted<Digest> {
+        let hosts = [repository.host()];
+        self.step(&hosts, true, tally, |_| {
+            self.toolbox.digest(
+                repository,
+                tag,
+                side,
+                self.settings.check_timeout,
+                &self.cancel,
+            )
+        })
+        .await
+    }
+
     fn trip(&self, failure: &Failure) {
         if let Some(host) = self.breakers.trip(failure) {
             let role = if failure.side == Some(Side::Cache) {
@@ -178,7 +200,9 @@ pub async fn sync_all(
     let mut task_index = HashMap::new();
     let mut watch = cancel.clone();
 
-    for job in &plan.jobs {
+    // Results are kept by position in `plan.jobs`, which a shard (or tag selection) makes
+    // differ from `job.index`, the position in the config.
+    for (position, job) in plan.jobs.iter().enumerate() {
         // Take the check permit before spawning, so that images start in config order and
         // a stopped run starts nothing new.
         let permit = tokio::select! {
@@ -190,9 +214,8 @@ pub async fn sync_all(
             break;
         }
         let (job, context) = (job.clone(), Arc::clone(&context));
-        let index = job.index;
         let handle = tasks.spawn(async move { sync_image(&job, &context, permit).await });
-        task_index.insert(handle.id(), index);
+        task_index.insert(handle.id(), position);
     }
 
     while let Some(joined) = tasks.join_next_with_id().await {
@@ -287,37 +310,60 @@ async fn sync_image(
     check_permit: OwnedSemaphorePermit,
 ) -> ImageResult {
     let mut outcome = Outcome::new(job);
-    let toolbox = &context.toolbox;
-    let check_timeout = context.settings.check_timeout;
     let (source_host, cache_host) = (job.source.host(), job.target.host());
-    // A dead cache fails every image; checking it first spares the upstream a request.
-    if let Some(skipped) = context.breakers.check(&[cache_host, source_host]) {
+    // A dead cache fails every image; checking it first spares the upstream a request. A
+    // pinned image, or an immutable tag outside a dry run, may be decided by the cache
+    // alone: a dead upstream fails it only if it needs the upstream (each step checks).
+    let cache_decides = job.pin.is_some() || (job.immutable && !context.dry_run);
+    let hosts: &[&str] = if cache_decides {
+        &[cache_host]
+    } else {
+        &[cache_host, source_host]
+    };
+    if let Some(skipped) = context.breakers.check(hosts) {
         return outcome.failed(None, &skipped);
+    }
+    if let Some(pin) = &job.pin {
+        return sync_pinned(job, context, check_permit, pin, outcome).await;
+    }
+
+    // An immutable tag the cache has is taken as it is, without asking the upstream. A dry
+    // run checks it anyway, to show what a re-pushed tag would change.
+    let mut cache_tally = Tally::default();
+    let mut known_cache = None;
+    if job.immutable && !context.dry_run {
+        let cache = context
+            .check(&job.target, &job.tag, Side::Cache, &mut cache_tally)
+            .await;
+        outcome.attempts += cache_tally.extra;
+        outcome.tool = cache.tool;
+        match cached_digest(cache.outcome) {
+            Ok(Some(digest)) => {
+                outcome.cached = Some(digest);
+                outcome.skipped_check = Some(SkippedCheck::Immutable);
+                return outcome.finished(Action::AlreadyCached);
+            }
+            Ok(None) => known_cache = Some(cache.tool),
+            Err(failure) => return outcome.failed(cache.tool, &failure),
+        }
+        cache_tally = Tally::default();
     }
 
     // Both digests at once: they are independent reads, and the image's check then costs
     // the slower of the two round trips, not their sum.
-    let (mut upstream_tally, mut cache_tally) = (Tally::default(), Tally::default());
-    let (source_hosts, cache_hosts) = ([source_host], [cache_host]);
+    let mut upstream_tally = Tally::default();
     let (upstream, cache) = tokio::join!(
-        context.step(&source_hosts, true, &mut upstream_tally, |_| {
-            toolbox.digest(
-                &job.source,
-                &job.tag,
-                Side::Upstream,
-                check_timeout,
-                &context.cancel,
-            )
-        }),
-        context.step(&cache_hosts, true, &mut cache_tally, |_| {
-            toolbox.digest(
-                &job.target,
-                &job.tag,
-                Side::Cache,
-                check_timeout,
-                &context.cancel,
-            )
-        }),
+        context.check(&job.source, &job.tag, Side::Upstream, &mut upstream_tally),
+        async {
+            match known_cache {
+                Some(_) => None,
+                None => Some(
+                    context
+                        .check(&job.target, &job.tag, Side::Cache, &mut cache_tally)
+                        .await,
+                ),
+            }
+        },
     );
     outcome.attempts += upstream_tally.extra + cache_tally.extra;
     // Only upstream GETs spend quota; the cache's are free.
@@ -327,14 +373,15 @@ async fn sync_image(
         Err(failure) => return outcome.failed(upstream.tool, &failure),
     };
     outcome.remote = Some(remote.clone());
-    outcome.tool = cache.tool;
-    outcome.cached = match cache.outcome {
-        Ok(digest) => Some(digest),
-        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
-            None
-        }
-        Err(failure) => return outcome.failed(cache.tool, &failure),
-    };
+    if let Some(cache) = cache {
+        outcome.tool = cache.tool;
+        outcome.cached = match cached_digest(cache.outcome) {
+            Ok(digest) => digest,
+            Err(failure) => return outcome.failed(cache.tool, &failure),
+        };
+    } else {
+        outcome.tool = upstream.tool;
+    }
     drop(check_permit);
 
     match decide(&remote, outcome.cached.as_ref(), context.dry_run) {
@@ -343,6 +390,80 @@ async fn sync_image(
         }
         Decision::WouldCopy => outcome.finished(Action::WouldPull),
         Decision::Copy => copy_and_verify(job, context, outcome, &remote).await,
+    }
+}
+
+/// The cache's digest for a tag: `None` when the cache does not have it (a missing tag or
+/// repository is an answer there, not a failure).
+fn cached_digest(checked: Result<Digest, Failure>) -> Result<Option<Digest>, Failure> {
+    match checked {
+        Ok(digest) => Ok(Some(digest)),
+        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
+            Ok(None)
+        }
+        Err(failure) => Err(failure),
+    }
+}
+
+/// A pinned image: the cache's tag must hold exactly `pin`. The upstream is asked only to
+/// watch the tag (one HEAD, unless `watch_tag: false`), and for the copy when the cache
+/// differs; a tag that moved upstream is reported, never followed.
+async fn sync_pinned(
+    job: &Job,
+    context: &Context,
+    check_permit: OwnedSemaphorePermit,
+    pin: &Digest,
+    mut outcome: Outcome<'_>,
+) -> ImageResult {
+    let (mut upstream_tally, mut cache_tally) = (Tally::default(), Tally::default());
+    let (upstream, cache) = tokio::join!(
+        async {
+            if job.watch_tag {
+                Some(
+                    context
+                        .check(&job.source, &job.tag, Side::Upstream, &mut upstream_tally)
+                        .await,
+                )
+            } else {
+                None
+            }
+        },
+        context.check(&job.target, &job.tag, Side::Cache, &mut cache_tally),
+    );
+    outcome.attempts += upstream_tally.extra + cache_tally.extra;
+    outcome.check_gets += upstream_tally.gets;
+    outcome.remote = Some(pin.clone());
+    outcome.tool = cache.tool;
+    outcome.cached = match cached_digest(cache.outcome) {
+        Ok(digest) => digest,
+        Err(failure) => return outcome.failed(cache.tool, &failure),
+    };
+    match upstream.map(|watched| watched.outcome) {
+        None => outcome.skipped_check = Some(SkippedCheck::Pinned),
+        Some(Ok(digest)) => {
+            let moved = pins::moved(pin, Some(&digest)).is_some();
+            if moved {
+                tracing::warn!(
+                    image = %job.image,
+                    tag = %job.tag,
+                    pinned = %pin,
+                    upstream_digest = %digest,
+                    "the upstream tag moved away from the pinned digest; the pin is kept"
+                );
+            }
+            outcome.tag_moved = Some(moved);
+            outcome.upstream = Some(digest);
+        }
+        // Watching is advisory: the pin decides, so a failed watch fails nothing.
+        Some(Err(failure)) => {
+            tracing::warn!(image = %job.image, tag = %job.tag, cause = %failure, "cannot watch the upstream tag of a pinned image; the pin is kept");
+        }
+    }
+    drop(check_permit);
+    match pins::decide_pinned(pin, outcome.cached.as_ref(), context.dry_run) {
+        Decision::AlreadyCached => outcome.finished(Action::AlreadyCached),
+        Decision::WouldCopy => outcome.finished(Action::WouldPull),
+        Decision::Copy => copy_and_verify(job, context, outcome, pin).await,
     }
 }
 
@@ -399,6 +520,26 @@ async fn copy_and_verify(
     };
     if let Err(failure) = copied.outcome {
         settle(0);
+        let failure = match &job.pin {
+            Some(pin)
+                if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown)
+                    && failure.side != Some(Side::Cache) =>
+            {
+                let cause = failure.class.cause();
+                let detail = failure
+                    .message
+                    .strip_prefix(&format!("{cause}: "))
+                    .unwrap_or(&failure.message);
+                Failure {
+                    message: format!(
+                        "{cause}: the pinned digest {pin} is not in {} (a wrong pin, or the upstream deleted it): {detail}",
+                        job.source
+                    ),
+                    ..failure.clone()
+                }
+            }
+            _ => failure,
+        };
         return outcome.failed(copied.tool, &failure);
     }
     let mut tally = Tally::default();
@@ -490,6 +631,10 @@ struct Outcome<'a> {
     cached: Option<Digest>,
     tool: Option<Tool>,
     referrers: Option<Counts>,
+    /// A pinned image's watched upstream tag: its digest, and whether it left the pin.
+    upstream: Option<Digest>,
+    tag_moved: Option<bool>,
+    skipped_check: Option<SkippedCheck>,
 }
 
 impl<'a> Outcome<'a> {
@@ -503,6 +648,9 @@ impl<'a> Outcome<'a> {
             cached: None,
             tool: None,
             referrers: None,
+            upstream: None,
+            tag_moved: None,
+            skipped_check: None,
         }
     }
 
@@ -548,6 +696,10 @@ impl<'a> Outcome<'a> {
             attempts: self.attempts,
             check_gets: self.check_gets,
             referrers: self.referrers,
+            tag_moved: self.tag_moved,
+            upstream_digest: self.upstream.as_ref().map(ToString::to_string),
+            skipped_check: self.skipped_check,
+            selected_by: self.job.selected_by.clone(),
         }
     }
 }

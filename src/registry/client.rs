@@ -267,10 +267,9 @@ impl Client {
         }
     }
 
-    /// One check over one scheme, with the authentication rounds it may need.
-    async fn check(&self, scheme: Scheme, check: &Check<'_>, deadline: Instant) -> Attempt {
-        let (repository, tag) = (check.repository, check.tag);
-        let host = repository.host();
+    /// The HTTP client for a host and its API base URL (`https://registry-1.docker.io` for
+    /// Docker Hub) over `scheme`.
+    fn endpoint(&self, scheme: Scheme, host: &str) -> (&reqwest::Client, String) {
         let api_host = if host == DOCKER_HUB {
             "registry-1.docker.io"
         } else {
@@ -286,10 +285,15 @@ impl Client {
         } else {
             "https"
         };
-        let url = format!(
-            "{prefix}://{api_host}/v2/{}/manifests/{tag}",
-            repository.path()
-        );
+        (client, format!("{prefix}://{api_host}"))
+    }
+
+    /// One check over one scheme, with the authentication rounds it may need.
+    async fn check(&self, scheme: Scheme, check: &Check<'_>, deadline: Instant) -> Attempt {
+        let (repository, tag) = (check.repository, check.tag);
+        let host = repository.host();
+        let (client, base) = self.endpoint(scheme, host);
+        let url = format!("{base}/v2/{}/manifests/{tag}", repository.path());
         let facts = self.facts(host);
         let mut use_get = check.want == Want::Manifest
             || (facts.head_gives_no_digest && check.want == Want::Digest);
@@ -326,13 +330,7 @@ impl Client {
                 .request(method.clone(), &url)
                 .header(ACCEPT, MANIFEST_TYPES)
                 .timeout(left);
-            request = match &auth {
-                Some(Auth::Bearer(token)) => request.bearer_auth(token),
-                Some(Auth::Basic(basic)) => {
-                    request.basic_auth(&basic.username, Some(&basic.password))
-                }
-                None => request,
-            };
+            request = authorize(request, auth.as_ref());
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(err) => return transport_failure(&err, &what, check),
@@ -566,6 +564,283 @@ impl Client {
     }
 }
 
+/// Upper bound on the pages of one tag listing: a registry whose `Link` never ends must
+/// not hold the run.
+pub const MAX_TAG_PAGES: u32 = 1000;
+
+/// One tag listing: the tags (or why not), and the HTTP requests it took (token fetches
+/// excluded), which the report counts.
+#[derive(Debug)]
+pub struct TagList {
+    /// Every tag of every page, in the registry's order.
+    pub tags: Result<Vec<String>, Failure>,
+    /// `tags/list` requests the registry answered, 401 challenges included.
+    pub requests: u32,
+}
+
+impl Client {
+    /// Lists the tags of `repository` upstream: `GET /v2/<path>/tags/list?n=<page>`, then
+    /// every `Link: <...>; rel="next"` page, with the auth and tokens of a manifest check
+    /// (a pull-scoped token on Docker Hub; a listing is not a pull), within `budget`.
+    pub async fn list_tags(&self, repository: &Repository, page: u32, budget: Duration) -> TagList {
+        let deadline = Instant::now() + budget;
+        let host = repository.host();
+        let placeholder = Tag::parse("latest").ok();
+        let fail = |class: Class, detail: String| {
+            Failure::new(class, detail).on(Side::Upstream, Some(host))
+        };
+        let Some(tag) = placeholder.as_ref() else {
+            return TagList {
+                tags: Err(fail(Class::Other, "internal: no placeholder tag".into())),
+                requests: 0,
+            };
+        };
+        let credentials = match self.keyring.lookup(host, repository.path()).await {
+            Lookup::Delegate => {
+                return TagList {
+                    tags: Err(fail(
+                        Class::Unauthorized,
+                        format!(
+                            "listing the tags of {repository}: its credentials need crane (an identity token or a credential helper it must judge), which cannot list tags for image-sync; name the tags with `tag`"
+                        ),
+                    )),
+                    requests: 0,
+                };
+            }
+            Lookup::Anonymous => None,
+            Lookup::Basic(basic) => Some(basic),
+        };
+        let check = Check {
+            repository,
+            tag,
+            side: Side::Upstream,
+            credentials: credentials.as_ref(),
+            budget,
+            want: Want::Headers,
+        };
+        let mut requests = 0;
+        let mut last = None;
+        for scheme in self.schemes_for(host) {
+            match self
+                .list_pages(scheme, &check, page, deadline, &mut requests)
+                .await
+            {
+                Ok(tags) => {
+                    self.learn(host, |facts| facts.scheme = Some(scheme));
+                    return TagList {
+                        tags: Ok(tags),
+                        requests,
+                    };
+                }
+                Err((wrong_scheme, failure)) => {
+                    last = Some(failure);
+                    if !wrong_scheme {
+                        break;
+                    }
+                }
+            }
+        }
+        TagList {
+            tags: Err(last
+                .unwrap_or_else(|| fail(Class::Unreachable, format!("no scheme reached {host}")))),
+            requests,
+        }
+    }
+
+    /// Every page over one scheme; the error says whether another scheme may work.
+    async fn list_pages(
+        &self,
+        scheme: Scheme,
+        check: &Check<'_>,
+        page: u32,
+        deadline: Instant,
+        requests: &mut u32,
+    ) -> Result<Vec<String>, (bool, Failure)> {
+        let host = check.repository.host();
+        let (client, base) = self.endpoint(scheme, host);
+        let first = format!("{base}/v2/{}/tags/list?n={page}", check.repository.path());
+        let mut url = reqwest::Url::parse(&first)
+            .map_err(|err| (false, check.fail(Class::Other, format!("{first}: {err}"))))?;
+        let origin = (
+            url.scheme().to_owned(),
+            url.host_str().map(str::to_owned),
+            url.port_or_known_default(),
+        );
+        let facts = self.facts(host);
+        let mut auth = match (&facts.auth, check.credentials) {
+            (Some(AuthKind::Bearer { realm, service }), _) => Some(Auth::Bearer(
+                self.token(scheme, check, realm, service.as_deref(), None, deadline)
+                    .await
+                    .map_err(|checked| (false, listing_failure(checked, check)))?,
+            )),
+            (Some(AuthKind::Basic), Some(basic)) => Some(Auth::Basic(basic.clone())),
+            _ => None,
+        };
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        let mut refreshed = false;
+        loop {
+            let what = format!("GET {url}");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err((
+                    false,
+                    Failure::timed_out(check.budget, &what).on(Side::Upstream, Some(host)),
+                ));
+            }
+            let mut request = client
+                .get(url.clone())
+                .header(ACCEPT, "application/json")
+                .timeout(left);
+            request = authorize(request, auth.as_ref());
+            let response = match request.send().await {
+                Ok(response) => {
+                    // Counted when answered: a TLS hello to a plain-HTTP port is no request.
+                    *requests += 1;
+                    response
+                }
+                Err(err) => {
+                    return Err(match transport_failure(&err, &what, check) {
+                        Attempt::Answer(checked) => (false, listing_failure(checked, check)),
+                        Attempt::WrongScheme(checked) => (true, listing_failure(checked, check)),
+                    });
+                }
+            };
+            let status = response.status();
+            if scheme == Scheme::Http && status == StatusCode::BAD_REQUEST {
+                return Err((
+                    true,
+                    check.fail(Class::Other, format!("{what}: 400 (an HTTPS server?)")),
+                ));
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                refreshed = true;
+                let sent = match &auth {
+                    Some(Auth::Bearer(token)) => Some(token.clone()),
+                    _ => None,
+                };
+                auth = match (auth::challenge(response.headers()), check.credentials) {
+                    (Some(Challenge::Bearer { realm, service }), _) => {
+                        self.learn(host, |facts| {
+                            facts.auth = Some(AuthKind::Bearer {
+                                realm: realm.clone(),
+                                service: service.clone(),
+                            });
+                        });
+                        Some(Auth::Bearer(
+                            self.token(
+                                scheme,
+                                check,
+                                &realm,
+                                service.as_deref(),
+                                sent.as_deref(),
+                                deadline,
+                            )
+                            .await
+                            .map_err(|checked| (false, listing_failure(checked, check)))?,
+                        ))
+                    }
+                    (Some(Challenge::Basic), Some(basic)) => {
+                        self.learn(host, |facts| facts.auth = Some(AuthKind::Basic));
+                        Some(Auth::Basic(basic.clone()))
+                    }
+                    _ => {
+                        return Err((
+                            false,
+                            check
+                                .fail(Class::Unauthorized, format!("{what}: 401 Unauthorized"))
+                                .status(Some(401)),
+                        ));
+                    }
+                };
+                continue;
+            }
+            if status != StatusCode::OK {
+                let answer = status_answer(status, response.headers(), &what, check);
+                return Err((false, listing_failure(answer, check)));
+            }
+            refreshed = false;
+            let next = next_link(response.headers(), &url);
+            #[derive(serde::Deserialize)]
+            struct Page {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let body: Page = response.json().await.map_err(|err| {
+                (
+                    false,
+                    check.fail(
+                        Class::Other,
+                        format!("{what}: the tag list is not JSON: {err}"),
+                    ),
+                )
+            })?;
+            tags.extend(body.tags.unwrap_or_default());
+            pages += 1;
+            match next {
+                None => return Ok(tags),
+                Some(_) if pages >= MAX_TAG_PAGES => {
+                    return Err((
+                        false,
+                        check.fail(
+                            Class::Other,
+                            format!("{what}: more than {MAX_TAG_PAGES} pages of tags"),
+                        ),
+                    ));
+                }
+                Some(next) => {
+                    let same = (
+                        next.scheme().to_owned(),
+                        next.host_str().map(str::to_owned),
+                        next.port_or_known_default(),
+                    );
+                    if same != origin {
+                        return Err((false, check.fail(Class::Denied, format!("{what}: the next page `{next}` is on another host; not followed"))));
+                    }
+                    url = next;
+                }
+            }
+        }
+    }
+}
+
+/// A request with the credentials of `auth`, if any.
+fn authorize(request: reqwest::RequestBuilder, auth: Option<&Auth>) -> reqwest::RequestBuilder {
+    match auth {
+        Some(Auth::Bearer(token)) => request.bearer_auth(token),
+        Some(Auth::Basic(basic)) => request.basic_auth(&basic.username, Some(&basic.password)),
+        None => request,
+    }
+}
+
+/// A listing's answer as a failure (a check hands over to crane; a listing cannot).
+fn listing_failure(checked: Checked, check: &Check<'_>) -> Failure {
+    match checked {
+        Checked::Failed(failure) => failure,
+        Checked::Delegate(why) => check.fail(Class::Other, format!("listing tags: {why}")),
+        Checked::Digest { .. } => {
+            check.fail(Class::Other, "listing tags: unexpected digest answer")
+        }
+    }
+}
+
+/// The `rel="next"` target of a `Link` header, resolved against the page's URL.
+pub fn next_link(headers: &HeaderMap, base: &reqwest::Url) -> Option<reqwest::Url> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let is_next = params.split(';').any(|param| {
+                param.trim().replace(' ', "") == "rel=\"next\"" || param.trim() == "rel=next"
+            });
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            is_next.then(|| base.join(target).ok()).flatten()
+        })
+}
+
 /// Follows at most 5 redirects, never from HTTPS to plain HTTP, and for a listed
 /// (insecure) host only to that same host.
 fn redirect_policy(same_host_only: bool) -> reqwest::redirect::Policy {
@@ -694,6 +969,28 @@ mod tests {
             budget: Duration::from_secs(1),
             want: Want::Digest,
         }
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        let base = reqwest::Url::parse("http://127.0.0.1:5000/v2/a/tags/list?n=10").expect("url");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::LINK,
+            "</v2/a/tags/list?last=t9&n=10>; rel=\"next\""
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(
+            next_link(&headers, &base).map(|url| url.to_string()),
+            Some("http://127.0.0.1:5000/v2/a/tags/list?last=t9&n=10".to_owned())
+        );
+        headers.insert(
+            reqwest::header::LINK,
+            "<http://x/other>; rel=\"prev\"".parse().expect("header"),
+        );
+        assert_eq!(next_link(&headers, &base), None);
+        assert_eq!(next_link(&HeaderMap::new(), &base), None);
     }
 
     #[test]

@@ -191,6 +191,27 @@ impl Toolbox {
             .await
     }
 
+    /// Lists the upstream tags of `repository` with image-sync's own client (paginated,
+    /// `page` tags per request), within `timeout`.
+    pub async fn list_tags(
+        &self,
+        repository: &Repository,
+        page: u32,
+        timeout: Duration,
+    ) -> super::client::TagList {
+        match &self.client {
+            Some(client) => client.list_tags(repository, page, timeout).await,
+            None => super::client::TagList {
+                tags: Err(Failure::new(
+                    Class::Other,
+                    "no HTTP client could be built: tags cannot be listed",
+                )
+                .on(Side::Local, None)),
+                requests: 0,
+            },
+        }
+    }
+
     /// One free HEAD upstream, for the quota headers it carries (never handed to a tool,
     /// never a GET).
     pub async fn read_quota(&self, repository: &Repository, tag: &Tag, timeout: Duration) {

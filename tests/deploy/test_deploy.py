@@ -286,9 +286,45 @@ def test_image_tag_matches_cargo_version(container):
 
 
 def test_initial_job_shares_cronjob_job_spec(cronjob):
+    # The Job is the CronJob's, plus the shards: Indexed completion, one pod per shard,
+    # the retries scaled, and `--shard-count` appended to the one container's args.
     job = one(SYNC_DIR / "job-initial-sync.yaml", "Job")
-    assert job["spec"]["template"]["spec"] == cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert job["spec"] == cronjob["spec"]["jobTemplate"]["spec"]
+    shards = load_generator().SHARDS
+    expected = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"])
+    expected["template"]["spec"]["containers"][0]["args"] += ["--shard-count", str(shards)]
+    expected["backoffLimit"] *= shards
+    expected.update(completionMode="Indexed", completions=shards, parallelism=shards)
+    assert job["spec"] == expected
+
+
+def test_initial_job_is_indexed_and_the_cronjob_stays_single(cronjob):
+    job = one(SYNC_DIR / "job-initial-sync.yaml", "Job")
+    shards = load_generator().SHARDS
+    assert shards >= 2
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", shards, shards)
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    # The pod is told the count; Kubernetes tells it its index (JOB_COMPLETION_INDEX).
+    assert args[-2:] == ["--shard-count", str(shards)]
+    cron_spec = cronjob["spec"]["jobTemplate"]["spec"]
+    assert "completionMode" not in cron_spec and cron_spec.get("completions", 1) == 1
+    cron_args = cron_spec["template"]["spec"]["containers"][0]["args"]
+    assert not any(arg.startswith("--shard") for arg in cron_args)
+
+
+def test_initial_job_args_are_accepted_by_the_binary(tmp_path):
+    binary = Path(os.environ.get("IMAGE_SYNC_BIN", REPO / "target/debug/image-sync"))
+    if not binary.is_file():
+        missing_tool(f"image-sync binary not found at {binary} (cargo build, or set IMAGE_SYNC_BIN)")
+    job = one(SYNC_DIR / "job-initial-sync.yaml", "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    cm = one(SYNC_DIR / "configmap.yaml", "ConfigMap")
+    config = tmp_path / "config.yaml"
+    config.write_text(cm["data"]["config.yaml"])
+    args = [str(config) if arg == "/etc/image-sync/config.yaml" else arg for arg in args]
+    proc = subprocess.run([str(binary), "--check", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
+    assert "shards:" in proc.stderr and "balance" in proc.stderr, proc.stderr
 
 
 def load_generator():

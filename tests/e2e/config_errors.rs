@@ -70,7 +70,7 @@ fn yaml_syntax_and_type_errors_keep_their_location() {
     );
     let (stderr, _) = rejected("cache_registry: c\nimages:\n  - {source: a}\n");
     assert!(
-        stderr.contains("images[0] (source `a`): missing field `tag`"),
+        stderr.contains("images[0] (source `a`) field `tag`: missing field `tag`"),
         "{stderr}"
     );
 }
@@ -214,7 +214,7 @@ fn a_tag_left_in_source_gets_the_move_hint_on_the_first_run() {
     let (stderr, _) =
         rejected("cache_registry: c:5000\nimages:\n  - source: \"nginx:1.27-alpine\"\n");
     assert!(
-        stderr.contains("missing field `tag` at line 3 column 5; the tag is in `source`: move `1.27-alpine` into `tag:`"),
+        stderr.contains("images[0] (source `nginx:1.27-alpine`) field `tag`: missing field `tag` (or `tags`, for tag rules); the tag is in `source`: move `1.27-alpine` into `tag:`"),
         "{stderr}"
     );
 }

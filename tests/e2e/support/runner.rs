@@ -102,6 +102,12 @@ impl ImageSync {
         self
     }
 
+    /// Removes a variable from the binary's environment.
+    pub fn without_env(mut self, key: impl Into<OsString>) -> Self {
+        self.env_remove.push(key.into());
+        self
+    }
+
     /// Runs the binary to completion.
     pub fn run(self) -> Outcome {
         let output = self

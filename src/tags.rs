@@ -1,0 +1,592 @@
+//! Tag selection (`images[].tags`): rules instead of hand-kept tag lists.
+//!
+//! The rules are checked when the config is read ([`resolve`]); at run time the upstream's
+//! tags are listed (one paginated `tags/list` per entry, through the built-in client) and
+//! [`select`] picks the tags, each of which becomes its own job and its own result.
+//!
+//! - `semver`: a range in the `semver` crate's syntax (Cargo's): comma-separated
+//!   comparators, each `=`, `>`, `>=`, `<`, `<=`, `~`, `^` or none (`^`) followed by a
+//!   version that may be partial (`1.27`) or use `*`/`x` wildcards. A tag is a version when,
+//!   without one leading `v`, it is a full SemVer 2.0 version (`1.27.3`, `1.28.0-rc.1`);
+//!   `1.27` or `1.27-alpine` are not. Pre-releases match only when a comparator names a
+//!   pre-release of the same `MAJOR.MINOR.PATCH` (the crate's rule).
+//! - `regex` / `exclude`: regular expressions anchored at both ends.
+//! - `latest: N`: of the tags the rules above kept, the N highest: by version with
+//!   `semver`, otherwise by the `regex`'s capture groups (digit runs compared as numbers),
+//!   otherwise by the whole tag in the same natural order.
+//! - `include`: literal tags always kept, listed or not.
+
+use std::cmp::Ordering;
+
+use regex::Regex;
+use semver::{Version, VersionReq};
+
+use crate::config::RawTags;
+use crate::pins::anchored;
+use crate::reference::{Tag, shorten};
+
+/// The tag of a selection's job template until the rules pick real ones.
+pub const PLACEHOLDER: &str = "tag-rules";
+
+/// Checks an entry's `tags` against its other fields and validates the rules, reporting
+/// each problem as (field, message); `None` when there are no rules (or they are wrong).
+pub fn check_entry(
+    image: &crate::config::RawImage,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<Rules> {
+    let raw = image.tags.as_ref()?;
+    let mut ok = true;
+    if !image.tag.is_empty() {
+        problem("tags", "give either `tag` or `tags`, not both".to_owned());
+        ok = false;
+    }
+    if image.digest.is_some() {
+        problem(
+            "digest",
+            "pins one tag; it cannot go with `tags` (pin each tag as its own entry)".to_owned(),
+        );
+        ok = false;
+    }
+    match resolve(raw) {
+        Ok(rules) => ok.then_some(rules),
+        Err(problems) => {
+            for (field, message) in problems {
+                problem(&field, message);
+            }
+            None
+        }
+    }
+}
+
+/// Default tags per `tags/list` page (`settings.tag_page_size`).
+pub const DEFAULT_PAGE_SIZE: u64 = 100;
+/// Upper bound on `settings.tag_page_size`.
+pub const MAX_PAGE_SIZE: u64 = 10_000;
+
+/// What the listing of one `tags:` entry cost and selected (`tag_lists` in the report).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagList {
+    /// `source` as written.
+    pub image: String,
+    /// The rules as written.
+    pub rules: String,
+    /// `tags/list` requests sent (pages and 401 challenges; 0 for `include` alone).
+    pub requests: u32,
+    /// Tags the upstream listed.
+    pub listed: usize,
+    /// The tags selected, highest first, then the `include`s.
+    pub selected: Vec<String>,
+    /// Why the listing failed, or null.
+    pub error: Option<String>,
+}
+
+/// Lists and selects the tags of every `tags:` entry, adding one job per selected tag to
+/// `plan.jobs` (config order kept; a tag another entry already syncs to the same cache
+/// image is left to that entry). Returns what each listing cost and, for a listing that
+/// failed, a failed result with the entry's config index.
+pub async fn expand(
+    plan: &mut crate::plan::Plan,
+    toolbox: &crate::registry::Toolbox,
+    cancel: &crate::process::Cancel,
+) -> (Vec<TagList>, Vec<(usize, crate::report::ImageResult)>) {
+    let mut lists = Vec::new();
+    let mut failed = Vec::new();
+    let selections = std::mem::take(&mut plan.selections);
+    let mut taken: std::collections::HashSet<(String, String)> = plan
+        .jobs
+        .iter()
+        .map(|job| (job.target.to_string(), job.tag.to_string()))
+        .collect();
+    let timeout = plan.settings.check_timeout;
+    for selection in &selections {
+        let template = &selection.template;
+        let (listed, requests) = if selection.rules.needs_listing() {
+            // A signal stops the listings too: what is not listed fails as interrupted.
+            let mut cancelled = cancel.clone();
+            let stopped = || {
+                crate::registry::Failure::new(
+                    crate::registry::Class::Interrupted,
+                    format!("before the tags of {} were listed", template.source),
+                )
+            };
+            if *cancelled.borrow() {
+                (Err(stopped()), 0)
+            } else {
+                tokio::select! {
+                    listed = toolbox.list_tags(&template.source, plan.settings.tag_page_size, timeout) => {
+                        (listed.tags, listed.requests)
+                    }
+                    _ = cancelled.wait_for(|cancelled| *cancelled) => (Err(stopped()), 0),
+                }
+            }
+        } else {
+            (Ok(Vec::new()), 0)
+        };
+        let mut list = TagList {
+            image: template.image.clone(),
+            rules: selection.rules.describe().to_owned(),
+            requests,
+            listed: 0,
+            selected: Vec::new(),
+            error: None,
+        };
+        match listed {
+            Ok(tags) => {
+                list.listed = tags.len();
+                for chosen in select(&selection.rules, &tags) {
+                    let key = (template.target.to_string(), chosen.tag.to_string());
+                    if !taken.insert(key) {
+                        tracing::warn!(image = %template.image, tag = %chosen.tag, "selected by tag rules, but another entry already syncs this tag to the same cache image; left to that entry");
+                        continue;
+                    }
+                    list.selected.push(chosen.tag.to_string());
+                    plan.jobs.push(crate::plan::Job {
+                        immutable: crate::pins::is_immutable(
+                            &plan.settings.immutable_tags,
+                            chosen.tag.as_str(),
+                        ),
+                        tag: chosen.tag,
+                        selected_by: Some(chosen.by),
+                        ..template.clone()
+                    });
+                }
+                tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = ?list.selected, "tags selected");
+            }
+            Err(failure) => {
+                tracing::error!(image = %template.image, rules = %list.rules, error = %failure, "cannot list the tags");
+                list.error = Some(failure.to_string());
+                failed.push((
+                    template.index,
+                    crate::report::ImageResult {
+                        image: template.image.clone(),
+                        tag: String::new(),
+                        action: crate::report::Action::Failed,
+                        remote_digest: None,
+                        cached_digest: None,
+                        duration_ms: 0,
+                        error: Some(format!("listing tags: {failure}")),
+                        tool: Some(crate::registry::Tool::Builtin),
+                        attempts: 1,
+                        check_gets: 0,
+                        tag_moved: None,
+                        upstream_digest: None,
+                        skipped_check: None,
+                        selected_by: Some(format!("rules: {}", list.rules)),
+                        referrers: None,
+                    },
+                ));
+            }
+        }
+        lists.push(list);
+    }
+    plan.selections = selections;
+    // Config order; within an entry, the selection's order (the sort is stable).
+    plan.jobs.sort_by_key(|job| job.index);
+    (lists, failed)
+}
+
+/// The results of the synced jobs (in `plan.jobs` order) with the failed listings put in
+/// at their entries' config positions.
+pub fn merge_in_config_order(
+    plan: &crate::plan::Plan,
+    synced: Vec<crate::report::ImageResult>,
+    failed: Vec<(usize, crate::report::ImageResult)>,
+) -> Vec<crate::report::ImageResult> {
+    let mut all: Vec<(usize, crate::report::ImageResult)> = plan
+        .jobs
+        .iter()
+        .map(|job| job.index)
+        .zip(synced)
+        .chain(failed)
+        .collect();
+    all.sort_by_key(|(index, _)| *index);
+    all.into_iter().map(|(_, result)| result).collect()
+}
+
+/// The tag rules of the plan, for `--check` (the tags themselves are listed at run time).
+pub fn describe(plan: &crate::plan::Plan) -> String {
+    let mut text = format!(
+        "tag rules: {} entr{} (tags are listed upstream at run time, {} per page; --dry-run prints the tags they select)",
+        plan.selections.len(),
+        if plan.selections.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        plan.settings.tag_page_size
+    );
+    for selection in &plan.selections {
+        let job = &selection.template;
+        text.push_str(&format!(
+            "\n  [{}] {} -> {}: {}",
+            job.index,
+            job.source,
+            job.target,
+            selection.rules.describe()
+        ));
+    }
+    text
+}
+
+/// Upper bound on `latest`.
+pub const MAX_LATEST: u64 = 1000;
+
+/// The validated rules of one `tags:` entry.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    semver: Option<VersionReq>,
+    regex: Option<Regex>,
+    exclude: Option<Regex>,
+    latest: Option<usize>,
+    include: Vec<Tag>,
+    /// The rules as written, for `--check` and the report's `selected_by`.
+    description: String,
+}
+
+impl Rules {
+    /// The rules as one line (`semver ">=1.27, <1.29", latest 3`).
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether the upstream's tags must be listed (only `include` needs no listing).
+    pub fn needs_listing(&self) -> bool {
+        self.semver.is_some() || self.regex.is_some()
+    }
+}
+
+/// One selected tag and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// The tag.
+    pub tag: Tag,
+    /// `include`, or the rules that matched it.
+    pub by: String,
+}
+
+/// Checks a `tags:` entry; every problem as (field under `tags`, message).
+pub fn resolve(raw: &RawTags) -> Result<Rules, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let semver = raw.semver.as_deref().and_then(|range| {
+        VersionReq::parse(range)
+            .map_err(|err| {
+                problems.push((
+                    "tags.semver".to_owned(),
+                    format!(
+                        "`{}` is not a version range ({err}); write comparators like \">=1.27, <1.29\"",
+                        shorten(range)
+                    ),
+                ))
+            })
+            .ok()
+    });
+    let mut pattern = |field: &str, value: Option<&str>| {
+        value.and_then(|value| {
+            anchored(value)
+                .map_err(|message| problems.push((format!("tags.{field}"), message)))
+                .ok()
+        })
+    };
+    let regex = pattern("regex", raw.regex.as_deref());
+    let exclude = pattern("exclude", raw.exclude.as_deref());
+    let latest = match raw.latest {
+        Some(n) if !(1..=MAX_LATEST).contains(&n) => {
+            problems.push((
+                "tags.latest".to_owned(),
+                format!("is {n}; it must be between 1 and {MAX_LATEST}"),
+            ));
+            None
+        }
+        Some(n) => usize::try_from(n).ok(),
+        None => None,
+    };
+    let mut include = Vec::new();
+    for (i, tag) in raw.include.iter().enumerate() {
+        match Tag::parse(tag) {
+            Ok(tag) => include.push(tag),
+            Err(err) => problems.push((
+                format!("tags.include[{i}]"),
+                format!("`{}` {err}", shorten(tag)),
+            )),
+        }
+    }
+    if raw.semver.is_none() && raw.regex.is_none() && raw.include.is_empty() {
+        problems.push((
+            "tags".to_owned(),
+            "selects nothing; give `semver`, `regex` or `include`".to_owned(),
+        ));
+    }
+    if raw.semver.is_none() && raw.regex.is_none() && (raw.exclude.is_some() || latest.is_some()) {
+        problems.push((
+            "tags".to_owned(),
+            "`exclude` and `latest` filter listed tags: add `semver` or `regex` (`.*` for all)"
+                .to_owned(),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut parts = Vec::new();
+    if let Some(range) = &raw.semver {
+        parts.push(format!("semver \"{range}\""));
+    }
+    if let Some(regex) = &raw.regex {
+        parts.push(format!("regex \"{regex}\""));
+    }
+    if let Some(exclude) = &raw.exclude {
+        parts.push(format!("exclude \"{exclude}\""));
+    }
+    if let Some(n) = latest {
+        parts.push(format!("latest {n}"));
+    }
+    if !include.is_empty() {
+        let names: Vec<&str> = include.iter().map(Tag::as_str).collect();
+        parts.push(format!("include [{}]", names.join(", ")));
+    }
+    Ok(Rules {
+        semver,
+        regex,
+        exclude,
+        latest,
+        include,
+        description: parts.join(", "),
+    })
+}
+
+/// A tag as a SemVer version (one leading `v` allowed).
+pub fn version_of(tag: &str) -> Option<Version> {
+    Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
+}
+
+/// The tags `rules` select from `listed` (the upstream's tags), highest first, then the
+/// `include`s not already selected. Listed names that are not valid tags are ignored.
+pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {
+    let by_rules = format!("rules: {}", rules.description);
+    let mut kept: Vec<(Tag, Key)> = Vec::new();
+    if rules.needs_listing() {
+        for name in listed {
+            let Ok(tag) = Tag::parse(name) else { continue };
+            let version = version_of(name);
+            if let Some(range) = &rules.semver {
+                match &version {
+                    Some(version) if range.matches(version) => {}
+                    _ => continue,
+                }
+            }
+            let captures = match &rules.regex {
+                Some(regex) => match regex.captures(name) {
+                    Some(captures) => captures
+                        .iter()
+                        .skip(1)
+                        .map(|group| group.map_or("", |m| m.as_str()).to_owned())
+                        .collect(),
+                    None => continue,
+                },
+                None => Vec::new(),
+            };
+            if rules
+                .exclude
+                .as_ref()
+                .is_some_and(|exclude| exclude.is_match(name))
+            {
+                continue;
+            }
+            let key = match (&rules.semver, version) {
+                (Some(_), Some(version)) => Key::Version(version),
+                _ if !captures.is_empty() => Key::Natural(captures),
+                _ => Key::Natural(vec![name.clone()]),
+            };
+            if !kept.iter().any(|(seen, _)| seen == &tag) {
+                kept.push((tag, key));
+            }
+        }
+    }
+    // Highest first; equal keys (`v1.2.3` and `1.2.3`) by name, so the order is stable.
+    kept.sort_by(|(a_tag, a), (b_tag, b)| b.cmp(a).then_with(|| a_tag.cmp(b_tag)));
+    if let Some(n) = rules.latest {
+        kept.truncate(n);
+    }
+    let mut selected: Vec<Selected> = kept
+        .into_iter()
+        .map(|(tag, _)| Selected {
+            tag,
+            by: by_rules.clone(),
+        })
+        .collect();
+    for tag in &rules.include {
+        if !selected.iter().any(|s| &s.tag == tag) {
+            selected.push(Selected {
+                tag: tag.clone(),
+                by: "include".to_owned(),
+            });
+        }
+    }
+    selected
+}
+
+/// How selected tags are ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Version(Version),
+    /// Parts compared in natural order (digit runs as numbers).
+    Natural(Vec<String>),
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Self::Version(a), Self::Version(b)) => a.cmp(b),
+            (Self::Natural(a), Self::Natural(b)) => a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| natural(a, b))
+                .find(|order| order.is_ne())
+                .unwrap_or_else(|| a.len().cmp(&b.len())),
+            (Self::Version(_), Self::Natural(_)) => Ordering::Greater,
+            (Self::Natural(_), Self::Version(_)) => Ordering::Less,
+        }
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Natural order: runs of digits compare as numbers, the rest as text.
+fn natural(a: &str, b: &str) -> Ordering {
+    fn runs(text: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = text.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &text[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (a_runs, b_runs) = (runs(a), runs(b));
+    for ((a_digit, a), (b_digit, b)) in a_runs.iter().zip(&b_runs) {
+        let order = if *a_digit && *b_digit {
+            let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+        } else {
+            a.cmp(b)
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a_runs.len().cmp(&b_runs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(yaml: &str) -> Result<Rules, Vec<(String, String)>> {
+        resolve(&serde_yaml_ng::from_str::<RawTags>(yaml).expect("yaml"))
+    }
+
+    fn picked(yaml: &str, listed: &[&str]) -> Vec<String> {
+        let listed: Vec<String> = listed.iter().map(|s| (*s).to_owned()).collect();
+        select(&rules(yaml).expect("valid"), &listed)
+            .into_iter()
+            .map(|s| s.tag.to_string())
+            .collect()
+    }
+
+    const LISTED: &[&str] = &[
+        "1.26.9",
+        "1.27.0",
+        "1.27.3",
+        "v1.28.1",
+        "1.28.0-rc.1",
+        "1.29.0",
+        "1.27",
+        "latest",
+        "1.27.3-alpine",
+        "1.28.2-alpine",
+        "1.9.1-alpine",
+        "1.10.0-alpine",
+        "--bad",
+    ];
+
+    #[test]
+    fn a_semver_range_selects_versions_and_skips_pre_releases() {
+        assert_eq!(
+            picked("semver: \">=1.27, <1.29\"", LISTED),
+            ["v1.28.1", "1.27.3", "1.27.0"]
+        );
+        // A comparator naming a pre-release admits that version's pre-releases.
+        assert_eq!(
+            picked("semver: \">=1.28.0-rc.1, <1.29\"", LISTED),
+            ["v1.28.1", "1.28.0-rc.1"]
+        );
+        assert_eq!(picked("semver: \"~1.27\"\nlatest: 1", LISTED), ["1.27.3"]);
+    }
+
+    #[test]
+    fn regex_exclude_latest_and_include() {
+        // By the regex's captures, numerically: 1.28 > 1.27 > 1.10 > 1.9.
+        assert_eq!(
+            picked(
+                "regex: '(\\d+)\\.(\\d+)\\.\\d+-alpine'\nlatest: 3\ninclude: [latest]",
+                LISTED
+            ),
+            ["1.28.2-alpine", "1.27.3-alpine", "1.10.0-alpine", "latest"]
+        );
+        assert_eq!(
+            picked("regex: '.*-alpine'\nexclude: '1\\.(9|10)\\..*'", LISTED),
+            ["1.28.2-alpine", "1.27.3-alpine"]
+        );
+        // Anchored: `1\.27` does not match `1.27.3`.
+        assert_eq!(picked("regex: '1\\.27'", LISTED), ["1.27"]);
+        assert_eq!(picked("include: [\"7.4\", latest]", &[]), ["7.4", "latest"]);
+        let rules = rules("semver: \"^1\"\nlatest: 2\ninclude: [edge]").expect("valid");
+        assert_eq!(rules.describe(), "semver \"^1\", latest 2, include [edge]");
+        let selected = select(&rules, &["1.0.0".to_owned(), "edge".to_owned()]);
+        assert_eq!(
+            selected[0].by,
+            "rules: semver \"^1\", latest 2, include [edge]"
+        );
+        assert_eq!(selected[1].by, "include");
+    }
+
+    #[test]
+    fn bad_rules_are_reported_together() {
+        let problems = rules("semver: \">=1.x.y.z\"\nregex: 'a('\nlatest: 0\ninclude: ['-x']")
+            .expect_err("invalid");
+        let fields: Vec<&str> = problems.iter().map(|(field, _)| field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tags.semver",
+                "tags.regex",
+                "tags.latest",
+                "tags.include[0]"
+            ]
+        );
+        assert!(
+            rules("{}").expect_err("empty")[0]
+                .1
+                .contains("selects nothing")
+        );
+        assert!(
+            rules("include: [a]\nlatest: 2").expect_err("latest alone")[0]
+                .1
+                .contains("add `semver` or `regex`")
+        );
+    }
+
+    #[test]
+    fn natural_order_compares_numbers_as_numbers() {
+        assert_eq!(natural("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(natural("a2", "a10"), Ordering::Less);
+        assert_eq!(natural("007", "7"), Ordering::Equal);
+        assert_eq!(natural("1.2", "1.2.1"), Ordering::Less);
+    }
+}
