@@ -342,14 +342,9 @@ impl Toolbox {
                 ends,
                 spent: tool_errors::crane_digest_spent,
             };
-            let (outcome, spent) = self.run(run, budget, cancel).await;
-            self.account_check(repository, side, spent, outcome.as_ref().err());
-            let outcome = outcome.and_then(|done| {
-                crane::parse_digest(&done.stdout).ok_or_else(|| {
-                    Failure::new(Class::ToolFailed, format!("{what}: printed no digest"))
-                        .on(Side::Local, None)
-                })
-            });
+            let (outcome, spent) = self
+                .tool_check(run, repository, side, budget, cancel, crane::parse_digest)
+                .await;
             match outcome {
                 Ok(digest) => {
                     return Attempted {
@@ -384,18 +379,43 @@ impl Toolbox {
             ends,
             spent: tool_errors::skopeo_inspect_spent,
         };
-        let (outcome, spent) = self.run(run, budget, cancel).await;
-        self.account_check(repository, side, spent, outcome.as_ref().err());
-        let outcome = outcome.and_then(|done| {
-            skopeo::digest_of_raw_manifest(&done.stdout).ok_or_else(|| {
-                Failure::new(Class::ToolFailed, format!("{what}: printed no manifest"))
-                    .on(Side::Local, None)
-            })
-        });
+        let (outcome, spent) = self
+            .tool_check(
+                run,
+                repository,
+                side,
+                budget,
+                cancel,
+                skopeo::digest_of_raw_manifest,
+            )
+            .await;
         Attempted {
             gets: spent.gets,
             ..Attempted::new(Some(Tool::Skopeo), outcome, tries)
         }
+    }
+
+    /// Runs a crane or skopeo digest check, counts what it sent upstream, and reads the
+    /// digest from what it printed.
+    async fn tool_check(
+        &self,
+        run: Run<'_>,
+        repository: &Repository,
+        side: Side,
+        budget: Budget,
+        cancel: &Cancel,
+        read: fn(&[u8]) -> Option<Digest>,
+    ) -> (Result<Digest, Failure>, Spent) {
+        let what = run.what.to_owned();
+        let (outcome, spent) = self.run(run, budget, cancel).await;
+        self.account_check(repository, side, spent, outcome.as_ref().err());
+        let outcome = outcome.and_then(|done| {
+            read(&done.stdout).ok_or_else(|| {
+                Failure::new(Class::ToolFailed, format!("{what}: printed no digest"))
+                    .on(Side::Local, None)
+            })
+        });
+        (outcome, spent)
     }
 
     /// Counts what a crane or skopeo check sent upstream; a 429 there leaves no quota.
