@@ -288,6 +288,24 @@ pub fn describe_plan(plan: &Plan) -> String {
             crate::registry::DigestCheck::Crane => "crane",
         },
     );
+    let reserve = match settings.quota_reserve {
+        registry::quota::Reserve::Pulls(0) | registry::quota::Reserve::Percent(0) => {
+            "off".to_owned()
+        }
+        registry::quota::Reserve::Pulls(pulls) => format!("{pulls} pulls"),
+        registry::quota::Reserve::Percent(percent) => format!("{percent}% of each limit"),
+    };
+    let with_referrers = plan.jobs.iter().filter(|job| job.referrers).count();
+    text.push_str(&format!(
+        "
+quota reserve: {reserve}; pushgateway: {}; referrers synced for {with_referrers} image(s){}",
+        settings.pushgateway.as_deref().unwrap_or("none"),
+        if settings.referrers_required {
+            " (required)"
+        } else {
+            ""
+        },
+    ));
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings
             .insecure_registries
