@@ -461,7 +461,9 @@ async fn sync_pinned(
     }
     drop(check_permit);
     match pins::decide_pinned(pin, outcome.cached.as_ref(), context.dry_run) {
-        Decision::AlreadyCached => outcome.finished(Action::AlreadyCached),
+        Decision::AlreadyCached => {
+            with_referrers(job, context, outcome, pin, Action::AlreadyCached).await
+        }
         Decision::WouldCopy => outcome.finished(Action::WouldPull),
         Decision::Copy => copy_and_verify(job, context, outcome, pin).await,
     }

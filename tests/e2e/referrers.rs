@@ -767,3 +767,42 @@ fn referrer_copies_stay_above_the_quota_reserve() {
     assert_eq!(quota.remaining(), 1, "the image's one pull, and no more");
     assert_eq!(run.report()["quota"][hub.host()]["manifest_gets"], 1);
 }
+
+/// A pinned image that is already cached still brings its referrers up to date: a
+/// signature added upstream after the first run arrives on the next one.
+#[test]
+fn a_cached_pin_still_follows_its_signatures() {
+    let Some(signed) = signed_image("") else {
+        return;
+    };
+    let config = signed.config.replace(
+        "tag: \"1\"}",
+        &format!("tag: \"1\", digest: \"{}\"}}", signed.digest),
+    );
+    assert!(config.contains("digest:"), "{config}");
+    let first = ImageSync::new().config(&config).run();
+    first.expect_code(0);
+    assert_eq!(first.actions(), ["pulled"]);
+    let up = signed.pair.upstream.host();
+    let tag = signed.digest.replace(':', "-");
+    artifact(
+        &signed.oras,
+        signed.dir.path(),
+        "push",
+        &format!("{up}/team/signed:{tag}.sbom"),
+        "application/spdx+json",
+        "{\"sbom\":2}",
+    );
+    let before = image_gets(&signed);
+    let second = ImageSync::new().config(&config).run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["already_cached"]);
+    let (copied, already_cached, failed) = referrer_counts(&second);
+    assert_eq!((copied, failed), (1, 0), "the new .sbom tag, nothing else");
+    assert!(already_cached >= 2, "{already_cached}");
+    assert_eq!(
+        image_gets(&signed),
+        before,
+        "the image itself is not fetched again"
+    );
+}
