@@ -739,3 +739,61 @@ fn redirects_from_a_listed_host_stay_on_that_host() {
     );
     assert_eq!(p.upstream.counts().manifest_gets, 0);
 }
+
+/// crane children run with `GOGC=off` and `GOMEMLIMIT=128MiB` (measured in BENCHMARKS.md),
+/// unless the operator set either: the real crane, behind a wrapper that records what it
+/// was given.
+#[test]
+fn crane_children_get_the_go_runtime_settings_unless_the_operator_set_them() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/gc1", "app/gc2"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let seen = dir.path().join("seen");
+    write_script(
+        &bin.join("crane"),
+        &format!(
+            "#!/bin/sh\necho \"GOGC=${{GOGC:-unset}} GOMEMLIMIT=${{GOMEMLIMIT:-unset}}\" >> {}\nexec {} \"$@\"\n",
+            seen.display(),
+            p.tools.crane.display()
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{up}/app/gc1"), "1")],
+            "",
+        ))
+        .env("PATH", &path)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.result(0)["tool"], "crane");
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("crane ran"),
+        "GOGC=off GOMEMLIMIT=128MiB\n"
+    );
+    std::fs::remove_file(&seen).expect("reset");
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{up}/app/gc2"), "1")],
+            "",
+        ))
+        .env("PATH", &path)
+        .env("GOGC", "150")
+        .run();
+    run.expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("crane ran"),
+        "GOGC=150 GOMEMLIMIT=unset\n",
+        "the operator's setting wins"
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 2, "one copy each");
+}
