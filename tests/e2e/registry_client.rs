@@ -53,6 +53,22 @@ fn error_of(run: &Outcome, index: usize) -> String {
         .to_owned()
 }
 
+/// A PATH whose `crane` is a wrapper in `dir/bin` that runs `before` and then the real
+/// crane (`before` ends with the command that execs it, e.g. `exec setpriv ...`).
+fn crane_wrapper(dir: &Path, crane: &Path, before: &str) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    write_script(
+        &bin.join("crane"),
+        &format!("#!/bin/sh\n{before} {} \"$@\"\n", crane.display()),
+    );
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -603,19 +619,10 @@ fn a_local_permission_error_is_local_and_the_next_attempt_uses_skopeo() {
     std::fs::write(&config_json, "{}").expect("config");
     std::fs::set_permissions(&config_json, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     // The real crane, run as nobody: the root-only credentials file is out of its reach.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    write_script(
-        &bin.join("crane"),
-        &format!(
-            "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {} \"$@\"\n",
-            p.tools.crane.display()
-        ),
-    );
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    let path = crane_wrapper(
+        dir.path(),
+        &p.tools.crane,
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups",
     );
     let run = ImageSync::new()
         .config(&yaml(
@@ -749,21 +756,14 @@ fn crane_children_get_the_go_runtime_settings_unless_the_operator_set_them() {
     let up = p.upstream.host();
     image::push_singles(&p.tools, &up, &["app/gc1", "app/gc2"]);
     let dir = tempfile::tempdir().expect("dir");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
     let seen = dir.path().join("seen");
-    write_script(
-        &bin.join("crane"),
+    let path = crane_wrapper(
+        dir.path(),
+        &p.tools.crane,
         &format!(
-            "#!/bin/sh\necho \"GOGC=${{GOGC:-unset}} GOMEMLIMIT=${{GOMEMLIMIT:-unset}}\" >> {}\nexec {} \"$@\"\n",
-            seen.display(),
-            p.tools.crane.display()
+            "echo \"GOGC=${{GOGC:-unset}} GOMEMLIMIT=${{GOMEMLIMIT:-unset}}\" >> {}\nexec",
+            seen.display()
         ),
-    );
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
     let run = ImageSync::new()
         .config(&yaml(
