@@ -188,6 +188,16 @@ impl Keyring {
 
     /// The credentials for `repository` on `host`, as crane would find them.
     pub async fn lookup(&self, host: &str, repository: &str) -> Lookup {
+        self.lookup_keys(host, Some(repository)).await
+    }
+
+    /// The credentials for a registry as a whole (its registry key only), as crane finds
+    /// them for a reference on it that no repository key matches.
+    pub async fn lookup_registry(&self, host: &str) -> Lookup {
+        self.lookup_keys(host, None).await
+    }
+
+    async fn lookup_keys(&self, host: &str, repository: Option<&str>) -> Lookup {
         if self.unreadable {
             return Lookup::Delegate;
         }
@@ -201,7 +211,8 @@ impl Keyring {
         } else {
             registry
         };
-        for key in [format!("{registry}/{repository}"), registry_key.to_owned()] {
+        let repository_key = repository.map(|repository| format!("{registry}/{repository}"));
+        for key in repository_key.into_iter().chain([registry_key.to_owned()]) {
             let entry = match self.source(&key) {
                 Source::Helper(helper) => self.ask_helper(helper, &key).await,
                 Source::Entry(entry) => entry.cloned(),

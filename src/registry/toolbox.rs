@@ -131,7 +131,7 @@ impl Toolbox {
         let keyring = Arc::new(Keyring::discover());
         let ledger = Arc::new(Ledger::new(reserve));
         let literal_auth = match tls.cache_literal() {
-            Some(literal) => match keyring.lookup(cache_host, "").await {
+            Some(literal) => match keyring.lookup_registry(cache_host).await {
                 Lookup::Basic(basic) => match keyring.private_config_with_alias(literal, &basic) {
                     Ok(dir) => Some(dir),
                     Err(err) => {
