@@ -288,6 +288,27 @@ impl Client {
         (client, format!("{prefix}://{api_host}"))
     }
 
+    /// The credentials for a request to a host whose auth kind this run already learnt:
+    /// a token (not `stale`) where it asked for bearer tokens, the user's basic credentials
+    /// where it asked for those, else none (the first request finds out).
+    async fn known_auth(
+        &self,
+        scheme: Scheme,
+        check: &Check<'_>,
+        stale: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Option<Auth>, Checked> {
+        let known = self.facts(check.repository.host()).auth;
+        Ok(match (known, check.credentials) {
+            (Some(AuthKind::Bearer { realm, service }), _) => Some(Auth::Bearer(
+                self.token(scheme, check, &realm, service.as_deref(), stale, deadline)
+                    .await?,
+            )),
+            (Some(AuthKind::Basic), Some(basic)) => Some(Auth::Basic(basic.clone())),
+            _ => None,
+        })
+    }
+
     /// One check over one scheme, with the authentication rounds it may need.
     async fn check(&self, scheme: Scheme, check: &Check<'_>, deadline: Instant) -> Attempt {
         let (repository, tag) = (check.repository, check.tag);
@@ -297,18 +318,9 @@ impl Client {
         let facts = self.facts(host);
         let mut use_get = check.want == Want::Manifest
             || (facts.head_gives_no_digest && check.want == Want::Digest);
-        let mut auth = match (&facts.auth, check.credentials) {
-            (Some(AuthKind::Bearer { realm, service }), _) => {
-                match self
-                    .token(scheme, check, realm, service.as_deref(), None, deadline)
-                    .await
-                {
-                    Ok(token) => Some(Auth::Bearer(token)),
-                    Err(checked) => return Attempt::Answer(checked),
-                }
-            }
-            (Some(AuthKind::Basic), Some(basic)) => Some(Auth::Basic(basic.clone())),
-            _ => None,
+        let mut auth = match self.known_auth(scheme, check, None, deadline).await {
+            Ok(auth) => auth,
+            Err(checked) => return Attempt::Answer(checked),
         };
         let mut refreshed = false;
         let mut gets = 0;
@@ -323,7 +335,7 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Attempt::Answer(Checked::Failed(
-                    Failure::timed_out(left, &what).on(check.side, Some(host)),
+                    Failure::timed_out(check.budget, &what).on(check.side, Some(host)),
                 ));
             }
             let mut request = client

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     Auth, AuthKind, Check, Checked, Client, read_manifest, status_answer, transport_failure,
 };
-use crate::reference::{DOCKER_HUB, Digest, Repository, Tag};
+use crate::reference::{Digest, Repository, Tag};
 use crate::registry::credentials::Lookup;
 use crate::registry::failure::{Class, Failure, Side};
 
@@ -100,49 +100,19 @@ impl Client {
         else {
             return failed(Class::Other, format!("no scheme for {host}"));
         };
-        let api_host = if host == DOCKER_HUB {
-            "registry-1.docker.io"
-        } else {
-            host
-        };
-        let prefix = if scheme == super::Scheme::Http {
-            "http"
-        } else {
-            "https"
-        };
-        let url = format!(
-            "{prefix}://{api_host}/v2/{}/referrers/{subject}",
-            repository.path()
-        );
+        let (client, base) = self.endpoint(scheme, host);
+        let url = format!("{base}/v2/{}/referrers/{subject}", repository.path());
         let what = format!("GET {url}");
-        let client = if self.tls.is_listed(host) {
-            &self.listed_client
-        } else {
-            &self.client
-        };
         let mut stale = None;
         // The request, then at most one round of authentication and the request again.
         for round in 0..2 {
             // What the image's own check learnt about the host's auth, or the challenge below.
-            let auth = match (&self.facts(host).auth, check.credentials) {
-                (Some(AuthKind::Bearer { realm, service }), _) => {
-                    match self
-                        .token(
-                            scheme,
-                            &check,
-                            realm,
-                            service.as_deref(),
-                            stale.as_deref(),
-                            deadline,
-                        )
-                        .await
-                    {
-                        Ok(token) => Some(Auth::Bearer(token)),
-                        Err(checked) => return from_checked(checked, side, host),
-                    }
-                }
-                (Some(AuthKind::Basic), Some(basic)) => Some(Auth::Basic(basic.clone())),
-                _ => None,
+            let auth = match self
+                .known_auth(scheme, &check, stale.as_deref(), deadline)
+                .await
+            {
+                Ok(auth) => auth,
+                Err(checked) => return from_checked(checked, side, host),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
