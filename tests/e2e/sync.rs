@@ -378,6 +378,16 @@ fn credentials_come_from_docker_config_and_never_show() {
         ("pulled", &serde_json::json!("skopeo"))
     );
 
+    // Manifest GETs the registry answered: the pulls.
+    let pulls = |requests: &[(String, String, u16)]| {
+        requests
+            .iter()
+            .filter(|(method, path, status)| {
+                method == "GET" && path.contains("/manifests/") && *status == 200
+            })
+            .count()
+    };
+    let pulls_before_failures = pulls(&upstream.requests());
     let wrong_password = "wr0ng-secret-value";
     let bad = tempfile::tempdir().expect("dir");
     write_docker_config(bad.path(), &up, user, wrong_password);
@@ -405,6 +415,14 @@ fn credentials_come_from_docker_config_and_never_show() {
             .as_str()
             .expect("error")
             .starts_with("unauthorized")
+    );
+    // Without credentials for a host that asks for them, image-sync's own check does not
+    // answer `unauthorized` itself: crane (which may have a helper) has the last word.
+    assert_eq!(anonymous.result(0)["tool"], "crane");
+    assert_eq!(
+        pulls(&upstream.requests()),
+        pulls_before_failures,
+        "the wrong and the missing credentials cost no pull"
     );
 }
 
