@@ -1,39 +1,27 @@
 //! image-sync: keeps a container image cache registry filled with exactly the configured
 //! images, digest-first, so that unchanged images cost no upstream pull quota.
 //!
-//! [`run`] is the whole program: load and validate the config into a [`plan::Plan`], find
-//! the tools, sync every image, print the [`report::Report`], and return the exit code.
+//! [`run`] is the whole program: load and validate the config into a [`input::plan::Plan`], find
+//! the tools, sync every image, print the [`output::report::Report`], and return the exit code.
 
-pub mod breaker;
-pub mod cli;
-pub mod config;
-pub mod decision;
-pub mod exit;
-pub mod hub_key;
-pub mod logging;
-pub mod metrics;
+pub mod input;
 pub mod nodes;
-pub mod pins;
-pub mod plan;
+pub mod output;
 pub mod process;
-pub mod reference;
-pub mod referrers;
 pub mod registry;
-pub mod report;
 pub mod resources;
-pub mod retry;
-pub mod shard;
-pub mod signals;
-pub mod sync;
-pub mod tags;
+pub mod run;
 pub mod tls;
 
 use std::sync::Arc;
 
-use crate::cli::Cli;
-use crate::plan::Plan;
-use crate::registry::Toolbox;
-use crate::report::Report;
+use crate::input::cli::{self, Cli};
+use crate::input::plan::{self, Plan};
+use crate::input::{config, reference, shard, tag_rules};
+use crate::output::report::Report;
+use crate::output::{exit, metrics};
+use crate::registry::{Toolbox, hub_key};
+use crate::run::{signals, sync};
 use crate::tls::TlsPolicy;
 
 /// Runs image-sync with parsed arguments and returns the process exit code.
@@ -51,7 +39,7 @@ pub fn run(cli: &Cli) -> u8 {
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         if !plan.selections.is_empty() {
-            tracing::info!("{}", tags::describe(&plan));
+            tracing::info!("{}", tag_rules::describe(&plan));
         }
         if let Some(count) = cli.shard_count.or(cli.shard.map(|shard| shard.count)) {
             tracing::info!("{}", shard::describe_partition(&plan, count));
@@ -117,7 +105,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     );
     // Tag rules first (each shard lists every entry: listings are not pulls), then the
     // shard, so that each selected tag belongs to exactly one shard.
-    let (tag_lists, mut unlisted) = tags::expand(plan, &toolbox, &cancel).await;
+    let (tag_lists, mut unlisted) = tag_rules::expand(plan, &toolbox, &cancel).await;
     if let Some(shard) = shard {
         let total = plan.jobs.len();
         shard::restrict(plan, shard);
@@ -133,7 +121,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
 
     let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;
-    let results = tags::merge_in_config_order(plan, synced, unlisted);
+    let results = tag_rules::merge_in_config_order(plan, synced, unlisted);
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
     // Closes pooled connections, so that the descriptors counted below are leaks only.

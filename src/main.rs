@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = image_sync::cli::Cli::parse();
-    image_sync::logging::init(cli.log_format);
+    let cli = image_sync::input::cli::Cli::parse();
+    image_sync::output::logging::init(cli.log_format);
     ExitCode::from(image_sync::run(&cli))
 }

@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::plan::Plan;
-use crate::reference::{self, DOCKER_HUB};
+use crate::input::plan::Plan;
+use crate::input::reference::{self, DOCKER_HUB};
 
 /// What a node does when the cache cannot serve an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ pub fn hosts_files(plan: &Plan, mirror: &Mirror, fallback: Fallback) -> Vec<Host
 
 /// Whether a node pulling the job's upstream name through the mirror finds it: the cache
 /// path is the upstream path (under the prefix), not a distinct `cache_as`.
-pub fn served_by_upstream_name(job: &crate::plan::Job, prefix: Option<&str>) -> bool {
+pub fn served_by_upstream_name(job: &crate::input::plan::Job, prefix: Option<&str>) -> bool {
     let expected = match prefix {
         Some(prefix) => format!("{prefix}/{}", job.source.path()),
         None => job.source.path().to_owned(),
@@ -240,12 +240,12 @@ pub fn write(dir: &Path, files: &[HostsFile]) -> std::io::Result<Vec<PathBuf>> {
 
 /// `image-sync hosts-toml`: validates `--mirror`, writes the files, logs each path and
 /// which images nodes must pull by the cache's own name; returns the exit code.
-pub fn run(plan: &Plan, args: &crate::cli::HostsTomlArgs) -> u8 {
+pub fn run(plan: &Plan, args: &crate::input::cli::HostsTomlArgs) -> u8 {
     let mirror = match Mirror::parse(&args.mirror) {
         Ok(mirror) => mirror,
         Err(err) => {
             tracing::error!("invalid --mirror: {err}");
-            return crate::exit::USAGE;
+            return crate::output::exit::USAGE;
         }
     };
     let fallback = if args.fail_closed {
@@ -265,7 +265,7 @@ pub fn run(plan: &Plan, args: &crate::cli::HostsTomlArgs) -> u8 {
                 "cannot write hosts.toml files under {}: {err}",
                 args.dir.display()
             );
-            return crate::exit::IMAGES_FAILED;
+            return crate::output::exit::IMAGES_FAILED;
         }
     }
     let prefix = cache_prefix(&plan.cache_registry);
@@ -276,21 +276,21 @@ pub fn run(plan: &Plan, args: &crate::cli::HostsTomlArgs) -> u8 {
     {
         tracing::warn!(
             image = %job.source.with_tag(&job.tag),
-            pull_as = %crate::reference::Repository::new(mirror.host(), job.target.path()).with_tag(&job.tag),
+            pull_as = %crate::input::reference::Repository::new(mirror.host(), job.target.path()).with_tag(&job.tag),
             "has a distinct cache_as: nodes find it in the cache only by the cache's own name"
         );
     }
-    crate::exit::SUCCESS
+    crate::output::exit::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RawConfig;
+    use crate::input::config::RawConfig;
 
     fn plan(yaml: &str) -> Plan {
         let raw: RawConfig = serde_yaml_ng::from_str(yaml).expect("yaml");
-        crate::plan::resolve(raw, Path::new("c.yaml")).expect("valid plan")
+        crate::input::plan::resolve(raw, Path::new("c.yaml")).expect("valid plan")
     }
 
     fn file<'a>(files: &'a [HostsFile], registry: &str) -> &'a str {

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::reference::split_port;
+use crate::input::reference::split_port;
 
 /// The TLS stance towards every registry of a run.
 #[derive(Debug, Clone, Default)]

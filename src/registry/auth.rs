@@ -95,7 +95,7 @@ pub fn realm_allowed(
     let url =
         reqwest::Url::parse(realm).map_err(|_| format!("token realm `{realm}` is not a URL"))?;
     let realm_host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-    let (registry_name, _) = crate::reference::split_port(registry_host);
+    let (registry_name, _) = crate::input::reference::split_port(registry_host);
     let registry_name = registry_name.trim_matches(['[', ']']);
     if is_internal(realm_host) && !is_internal(registry_name) {
         return Err(format!(

@@ -19,7 +19,7 @@ use super::auth::{self, Challenge, TokenResponse, Tokens};
 use super::credentials::{Basic, Keyring, Lookup};
 use super::failure::{Class, Failure, Side};
 use super::quota::{self, Ledger};
-use crate::reference::{DOCKER_HUB, Digest, Repository, Tag};
+use crate::input::reference::{DOCKER_HUB, Digest, Repository, Tag};
 use crate::tls::{TlsPolicy, crane_speaks_http};
 
 mod referrers;

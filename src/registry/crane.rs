@@ -3,7 +3,7 @@
 //! `crane digest` is a HEAD request (no pull quota while it succeeds). `crane copy` copies
 //! every platform and keeps the digest. Its errors are read in `super::tool_errors`.
 
-use crate::reference::Digest;
+use crate::input::reference::Digest;
 
 /// `crane digest [--insecure] -- REF`.
 pub fn digest_args(reference: &str, insecure: bool) -> Vec<String> {

@@ -22,8 +22,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use crate::input::reference::DOCKER_HUB;
 use crate::process::{self, CommandSpec};
-use crate::reference::DOCKER_HUB;
 
 /// The key Docker Hub credentials must have (crane ignores `docker.io`).
 pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";

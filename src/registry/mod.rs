@@ -8,6 +8,7 @@ pub mod client;
 pub mod crane;
 pub mod credentials;
 pub mod failure;
+pub mod hub_key;
 pub mod quota;
 pub mod skopeo;
 pub mod tool_errors;

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::reference::Digest;
+use crate::input::reference::Digest;
 
 /// Options shared by every skopeo command of a run.
 #[derive(Debug, Clone, Default)]

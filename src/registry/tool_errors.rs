@@ -9,7 +9,7 @@
 //! message names both ends.
 
 use super::failure::{Class, Failure, Side};
-use crate::reference::DOCKER_HUB;
+use crate::input::reference::DOCKER_HUB;
 
 /// The registries one command talks to, as the config names them.
 #[derive(Debug, Clone, Copy)]

@@ -19,8 +19,8 @@ use super::failure::{Class, Failure, Side};
 use super::quota::{Ledger, Reserve};
 use super::tool_errors::{self, Ends, Spent, ToolExit};
 use super::{crane, find_on_path, skopeo};
+use crate::input::reference::{Digest, Repository, Tag};
 use crate::process::{self, Cancel, CommandSpec, RunError};
-use crate::reference::{Digest, Repository, Tag};
 use crate::tls::{CopyRoute, TlsPolicy};
 
 /// The tool that did a step.

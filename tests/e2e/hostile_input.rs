@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use image_sync::config::{self, MAX_CONFIG_BYTES};
-use image_sync::plan::{self, Plan};
-use image_sync::reference::{self, Repository, Tag};
+use image_sync::input::config::{self, MAX_CONFIG_BYTES};
+use image_sync::input::plan::{self, Plan};
+use image_sync::input::reference::{self, Repository, Tag};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     Auth, AuthKind, Check, Checked, Client, read_manifest, status_answer, transport_failure,
 };
-use crate::reference::{Digest, Repository, Tag};
+use crate::input::reference::{Digest, Repository, Tag};
 use crate::registry::credentials::Lookup;
 use crate::registry::failure::{Class, Failure, Side};
 

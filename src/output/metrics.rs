@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::report::{Action, Report};
+use crate::output::report::{Action, Report};
 
 /// The Pushgateway job name (`URL/metrics/job/image_sync`).
 pub const JOB: &str = "image_sync";
@@ -45,7 +45,7 @@ pub struct RunFigures<'a> {
 impl RunFigures<'_> {
     /// Every image synced, already cached, or deferred, and the run not interrupted.
     pub fn succeeded(&self) -> bool {
-        self.report.summary.failed == 0 && crate::signals::interrupted_exit_code().is_none()
+        self.report.summary.failed == 0 && crate::run::signals::interrupted_exit_code().is_none()
     }
 }
 
@@ -227,7 +227,7 @@ pub async fn push(
     base: &str,
     text: String,
     success: bool,
-    shard: Option<crate::shard::Shard>,
+    shard: Option<crate::input::shard::Shard>,
 ) -> Result<(), String> {
     let group = shard.map_or_else(String::new, |shard| format!("/shard/{}", shard.index));
     let url = format!("{}/metrics/job/{JOB}{group}", base.trim_end_matches('/'));
@@ -287,7 +287,7 @@ pub async fn publish(figures: &RunFigures<'_>, file: Option<&Path>, pushgateway:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ImageResult;
+    use crate::output::report::ImageResult;
 
     fn figures(report: &Report) -> RunFigures<'_> {
         RunFigures {

@@ -1,6 +1,6 @@
 //! The raw config: a serde mirror of the YAML file, read strictly.
 //!
-//! Nothing here is trusted yet: [`crate::plan`] turns a [`RawConfig`] into a validated
+//! Nothing here is trusted yet: [`crate::input::plan`] turns a [`RawConfig`] into a validated
 //! plan. This module only reads the file and reports where the YAML itself is wrong
 //! (syntax, unknown keys, wrong types) with the file, line and column.
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::reference::shorten;
+use crate::input::reference::shorten;
 
 /// The largest config file image-sync reads. A ConfigMap holds at most 1 MiB; anything much
 /// larger is a mistake (or hostile), and reading it would only waste memory.
@@ -61,7 +61,7 @@ pub struct RawImage {
     pub tags: Option<RawTags>,
 }
 
-/// `images[].tags`: which of the upstream's tags to keep cached (see `crate::tags`).
+/// `images[].tags`: which of the upstream's tags to keep cached (see `crate::input::tag_rules`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTags {

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::cli::LogFormat;
+use crate::input::cli::LogFormat;
 
 /// The tracing target of image-sync's own events (its crate name).
 const OWN_TARGET: &str = "image_sync";
@@ -28,7 +28,7 @@ pub fn init(format: LogFormat) {
             EnvFilter::new(directives(None)),
             Some(format!(
                 "RUST_LOG `{}` is not a valid filter ({err}); logging at `info`. Write a level (`debug`) or `target=level` pairs separated by commas",
-                crate::reference::shorten(requested.as_deref().unwrap_or_default())
+                crate::input::reference::shorten(requested.as_deref().unwrap_or_default())
             )),
         ),
     };
@@ -98,8 +98,8 @@ mod tests {
         );
         // A more specific image-sync directive still wins over the bare level.
         assert_eq!(
-            directives(Some("debug, image_sync::sync=trace")),
-            "warn,image_sync=debug,image_sync::sync=trace"
+            directives(Some("debug, image_sync::run::sync=trace")),
+            "warn,image_sync=debug,image_sync::run::sync=trace"
         );
     }
 

@@ -1,6 +1,6 @@
 //! Copy or skip: the digest-first decision, as a pure function.
 
-use crate::reference::Digest;
+use crate::input::reference::Digest;
 
 /// What to do with one image once both digests are known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::input::reference::{Digest, Repository, Tag};
 use crate::process::Cancel;
-use crate::reference::{Digest, Repository, Tag};
 use crate::registry::{Class, Failure, Listed, Side, Toolbox};
 
 /// The suffixes of cosign's legacy tags, and `None` for the OCI 1.1 tag schema.

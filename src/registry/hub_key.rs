@@ -33,7 +33,7 @@ pub fn warning(bytes: &[u8]) -> Option<String> {
             entries
                 .keys()
                 .filter(|key| HUB_HOSTS.contains(&hostname_of(key).to_ascii_lowercase().as_str()))
-                .map(|key| format!("`{section}.{}`", crate::reference::shorten(key))),
+                .map(|key| format!("`{section}.{}`", crate::input::reference::shorten(key))),
         );
     }
     (!misplaced.is_empty()).then(|| {

@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::plan::{Job, Plan};
+use crate::input::plan::{Job, Plan};
 
 /// The variable Kubernetes sets in each pod of an Indexed Job (`completionMode: Indexed`).
 pub const INDEX_VAR: &str = "JOB_COMPLETION_INDEX";
@@ -193,7 +193,7 @@ pub fn describe_partition(plan: &Plan, count: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::{Repository, Tag};
+    use crate::input::reference::{Repository, Tag};
 
     fn job(index: usize, source: &str, tag: &str) -> Job {
         let source = Repository::parse_source(source).expect("source");

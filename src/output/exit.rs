@@ -1,6 +1,6 @@
 //! Exit codes: named, documented in `--help` and the README, derived from the report.
 
-use crate::report::Report;
+use crate::output::report::Report;
 
 /// Every image synced or already cached (or failures with `skip_on_error: true`).
 pub const SUCCESS: u8 = 0;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::exit;
+use crate::output::exit;
 
 /// Where the config is read from when neither `--config` nor `IMAGE_SYNC_CONFIG` is set
 /// (the CronJob mounts its ConfigMap there).
@@ -44,12 +44,12 @@ pub struct Cli {
 
     /// Run only shard INDEX of COUNT (INDEX from 0): each image belongs to exactly one
     /// shard, by a fixed hash of its source, tag and cache target.
-    #[arg(long, value_name = "INDEX/COUNT", value_parser = crate::shard::parse, conflicts_with = "shard_count")]
-    pub shard: Option<crate::shard::Shard>,
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = crate::input::shard::parse, conflicts_with = "shard_count")]
+    pub shard: Option<crate::input::shard::Shard>,
 
     /// Split the images into COUNT shards and run the one named by `JOB_COMPLETION_INDEX`
     /// (set in each pod of a Kubernetes Indexed Job). With `--check`: print the partition.
-    #[arg(long, value_name = "COUNT", value_parser = crate::shard::parse_count)]
+    #[arg(long, value_name = "COUNT", value_parser = crate::input::shard::parse_count)]
     pub shard_count: Option<u32>,
 
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).

@@ -66,7 +66,7 @@ pub struct ImageResult {
     /// Signatures, attestations and SBOMs brought up to date (`referrers: true` only;
     /// absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub referrers: Option<crate::referrers::Counts>,
+    pub referrers: Option<crate::run::referrers::Counts>,
     /// A pinned image whose tag was watched: whether the upstream tag points elsewhere
     /// than the pin (the pin is kept). Absent when not pinned or not watched.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,7 +77,7 @@ pub struct ImageResult {
     /// Decided without an upstream request: `immutable` (a cached tag matching
     /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped_check: Option<crate::pins::SkippedCheck>,
+    pub skipped_check: Option<crate::input::pins::SkippedCheck>,
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<String>,
@@ -119,10 +119,10 @@ pub struct Report {
     /// The shard this run synced (`--shard`, `--shard-count`): `results` holds only its
     /// images. Absent in an unsharded run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shard: Option<crate::shard::Shard>,
+    pub shard: Option<crate::input::shard::Shard>,
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tag_lists: Vec<crate::tags::TagList>,
+    pub tag_lists: Vec<crate::input::tag_rules::TagList>,
 }
 
 impl Report {

@@ -21,9 +21,9 @@ use std::cmp::Ordering;
 use regex::Regex;
 use semver::{Version, VersionReq};
 
-use crate::config::RawTags;
-use crate::pins::anchored;
-use crate::reference::{Tag, shorten};
+use crate::input::config::RawTags;
+use crate::input::pins::anchored;
+use crate::input::reference::{Tag, shorten};
 
 /// The tag of a selection's job template until the rules pick real ones.
 pub const PLACEHOLDER: &str = "tag-rules";
@@ -31,7 +31,7 @@ pub const PLACEHOLDER: &str = "tag-rules";
 /// Checks an entry's `tags` against its other fields and validates the rules, reporting
 /// each problem as (field, message); `None` when there are no rules (or they are wrong).
 pub fn check_entry(
-    image: &crate::config::RawImage,
+    image: &crate::input::config::RawImage,
     problem: &mut impl FnMut(&str, String),
 ) -> Option<Rules> {
     let raw = image.tags.as_ref()?;
@@ -85,10 +85,13 @@ pub struct TagList {
 /// image is left to that entry). Returns what each listing cost and, for a listing that
 /// failed, a failed result with the entry's config index.
 pub async fn expand(
-    plan: &mut crate::plan::Plan,
+    plan: &mut crate::input::plan::Plan,
     toolbox: &crate::registry::Toolbox,
     cancel: &crate::process::Cancel,
-) -> (Vec<TagList>, Vec<(usize, crate::report::ImageResult)>) {
+) -> (
+    Vec<TagList>,
+    Vec<(usize, crate::output::report::ImageResult)>,
+) {
     let mut lists = Vec::new();
     let mut failed = Vec::new();
     let selections = std::mem::take(&mut plan.selections);
@@ -140,8 +143,8 @@ pub async fn expand(
                         continue;
                     }
                     list.selected.push(chosen.tag.to_string());
-                    plan.jobs.push(crate::plan::Job {
-                        immutable: crate::pins::is_immutable(
+                    plan.jobs.push(crate::input::plan::Job {
+                        immutable: crate::input::pins::is_immutable(
                             &plan.settings.immutable_tags,
                             chosen.tag.as_str(),
                         ),
@@ -157,10 +160,10 @@ pub async fn expand(
                 list.error = Some(failure.to_string());
                 failed.push((
                     template.index,
-                    crate::report::ImageResult {
+                    crate::output::report::ImageResult {
                         image: template.image.clone(),
                         tag: String::new(),
-                        action: crate::report::Action::Failed,
+                        action: crate::output::report::Action::Failed,
                         remote_digest: None,
                         cached_digest: None,
                         duration_ms: 0,
@@ -188,11 +191,11 @@ pub async fn expand(
 /// The results of the synced jobs (in `plan.jobs` order) with the failed listings put in
 /// at their entries' config positions.
 pub fn merge_in_config_order(
-    plan: &crate::plan::Plan,
-    synced: Vec<crate::report::ImageResult>,
-    failed: Vec<(usize, crate::report::ImageResult)>,
-) -> Vec<crate::report::ImageResult> {
-    let mut all: Vec<(usize, crate::report::ImageResult)> = plan
+    plan: &crate::input::plan::Plan,
+    synced: Vec<crate::output::report::ImageResult>,
+    failed: Vec<(usize, crate::output::report::ImageResult)>,
+) -> Vec<crate::output::report::ImageResult> {
+    let mut all: Vec<(usize, crate::output::report::ImageResult)> = plan
         .jobs
         .iter()
         .map(|job| job.index)
@@ -204,7 +207,7 @@ pub fn merge_in_config_order(
 }
 
 /// The tag rules of the plan, for `--check` (the tags themselves are listed at run time).
-pub fn describe(plan: &crate::plan::Plan) -> String {
+pub fn describe(plan: &crate::input::plan::Plan) -> String {
     let mut text = format!(
         "tag rules: {} entr{} (tags are listed upstream at run time, {} per page; --dry-run prints the tags they select)",
         plan.selections.len(),

@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{RawConfig, RawImage, RawReserve, RawSettings};
-use crate::reference::{self, Repository, Tag, shorten};
+use crate::input::config::{RawConfig, RawImage, RawReserve, RawSettings};
+use crate::input::reference::{self, Repository, Tag, shorten};
 use crate::registry::quota::Reserve;
 
 /// Default number of images processed at once.
@@ -67,7 +67,7 @@ pub struct Job {
     /// `settings`).
     pub referrers: bool,
     /// The digest the cache's tag must hold (`images[].digest`), if pinned.
-    pub pin: Option<crate::reference::Digest>,
+    pub pin: Option<crate::input::reference::Digest>,
     /// For a pinned image: HEAD the upstream tag to notice when it moves.
     pub watch_tag: bool,
     /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
@@ -82,7 +82,7 @@ pub struct Selection {
     /// The job each selected tag becomes, with the tag replaced.
     pub template: Job,
     /// The validated rules.
-    pub rules: crate::tags::Rules,
+    pub rules: crate::input::tag_rules::Rules,
 }
 
 /// Resolved `settings`.
@@ -172,7 +172,8 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         );
     }
 
-    let (immutable, bad_patterns) = crate::pins::immutable_patterns(&raw.settings.immutable_tags);
+    let (immutable, bad_patterns) =
+        crate::input::pins::immutable_patterns(&raw.settings.immutable_tags);
     for (location, message) in bad_patterns {
         problem(location, message);
     }
@@ -186,7 +187,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 shorten(&image.source)
             )
         };
-        let rules = crate::tags::check_entry(image, &mut |field, message| {
+        let rules = crate::input::tag_rules::check_entry(image, &mut |field, message| {
             problem(location(field), message)
         });
         if image.tag.is_empty() && image.tags.is_none() {
@@ -205,7 +206,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             continue;
         }
         let pin = image.digest.as_deref().and_then(|raw| {
-            crate::pins::parse_pin(raw)
+            crate::input::pins::parse_pin(raw)
                 .map_err(|message| problem(location("digest"), message))
                 .ok()
         });
@@ -219,7 +220,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             problem(location(field), message)
         });
         let Some(job) = resolved.map(|(source, tag, target)| Job {
-            immutable: crate::pins::is_immutable(&immutable, tag.as_str()),
+            immutable: crate::input::pins::is_immutable(&immutable, tag.as_str()),
             index,
             image: image.source.clone(),
             source,
@@ -379,8 +380,8 @@ fn resolve_settings(
     let tag_page_size = bounded(
         "tag_page_size",
         raw.tag_page_size,
-        crate::tags::DEFAULT_PAGE_SIZE,
-        (1, crate::tags::MAX_PAGE_SIZE),
+        crate::input::tag_rules::DEFAULT_PAGE_SIZE,
+        (1, crate::input::tag_rules::MAX_PAGE_SIZE),
     );
     let run_deadline = raw
         .run_deadline_secs
@@ -516,7 +517,7 @@ fn resolve_image(
         .ok();
     // With tag rules the tags come from the upstream at run time: a placeholder here.
     let written = if image.tags.is_some() {
-        crate::tags::PLACEHOLDER
+        crate::input::tag_rules::PLACEHOLDER
     } else {
         image.tag.as_str()
     };
@@ -559,7 +560,7 @@ fn resolve_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::input::config;
 
     fn plan(yaml: &str) -> Result<Plan, PlanError> {
         resolve(

@@ -1,6 +1,6 @@
 //! Digest pins (`images[].digest`, `images[].watch_tag`) and immutable tags
 //! (`settings.immutable_tags`): the config checks and the pure decisions; the sync path
-//! (`crate::sync`) asks these.
+//! (`crate::run::sync`) asks these.
 //!
 //! A pinned image's cache tag must point at exactly the pinned digest: when it does, no
 //! upstream request is needed (one free HEAD of the tag watches whether the upstream moved
@@ -11,8 +11,8 @@
 use regex::{Regex, RegexBuilder};
 use serde::Serialize;
 
-use crate::decision::Decision;
-use crate::reference::{Digest, shorten};
+use crate::input::reference::{Digest, shorten};
+use crate::run::decision::Decision;
 
 /// Bound on one compiled pattern: a config's pattern cannot take much memory.
 const MAX_PATTERN_BYTES: usize = 1 << 20;
@@ -74,7 +74,7 @@ pub fn parse_pin(raw: &str) -> Result<Digest, String> {
 
 /// What to do with a pinned image, knowing only the cache's digest for the tag.
 pub fn decide_pinned(pin: &Digest, cached: Option<&Digest>, dry_run: bool) -> Decision {
-    crate::decision::decide(pin, cached, dry_run)
+    crate::run::decision::decide(pin, cached, dry_run)
 }
 
 /// The upstream's digest for the tag when it differs from the pin (the tag moved).

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::exit;
+use crate::output::exit;
 
 /// The exit code of the first signal received, 0 while none has arrived.
 static RECEIVED: AtomicU8 = AtomicU8::new(0);

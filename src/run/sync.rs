@@ -14,16 +14,16 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::breaker::Breakers;
-use crate::decision::{Decision, decide};
-use crate::pins::{self, SkippedCheck};
-use crate::plan::{Job, Plan, Settings};
+use crate::input::pins::{self, SkippedCheck};
+use crate::input::plan::{Job, Plan, Settings};
+use crate::input::reference::{Digest, Repository, Tag};
+use crate::output::report::{Action, ImageResult};
 use crate::process::Cancel;
-use crate::reference::{Digest, Repository, Tag};
-use crate::referrers::{Counts, Referrers};
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
-use crate::report::{Action, ImageResult};
-use crate::retry;
+use crate::run::breaker::Breakers;
+use crate::run::decision::{Decision, decide};
+use crate::run::referrers::{Counts, Referrers};
+use crate::run::retry;
 
 /// What every image task shares.
 struct Context {
@@ -581,7 +581,7 @@ async fn copy_and_verify(
 }
 
 /// Finishes an image that is in the cache: first its signatures, attestations and SBOMs
-/// when the job asks for them (see [`crate::referrers`]). Their failures fail the image
+/// when the job asks for them (see [`crate::run::referrers`]). Their failures fail the image
 /// only with `settings.referrers_required`.
 async fn with_referrers(
     job: &Job,
@@ -707,8 +707,8 @@ impl<'a> Outcome<'a> {
 }
 
 fn signal_name() -> &'static str {
-    match crate::signals::interrupted_exit_code() {
-        Some(crate::exit::INTERRUPTED) => "SIGINT",
+    match crate::run::signals::interrupted_exit_code() {
+        Some(crate::output::exit::INTERRUPTED) => "SIGINT",
         _ => "SIGTERM",
     }
 }
