@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use crate::input::cli::{self, Cli};
 use crate::input::plan::{self, Plan};
-use crate::input::{config, reference, shard, tag_rules};
+use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
 use crate::registry::{Toolbox, hub_key};
-use crate::run::{signals, sync};
+use crate::run::{partition, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
 /// Runs image-sync with parsed arguments and returns the process exit code.
@@ -39,10 +39,10 @@ pub fn run(cli: &Cli) -> u8 {
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
         if !plan.selections.is_empty() {
-            tracing::info!("{}", tag_rules::describe(&plan));
+            tracing::info!("{}", tag_listing::describe(&plan));
         }
         if let Some(count) = cli.shard_count.or(cli.shard.map(|shard| shard.count)) {
-            tracing::info!("{}", shard::describe_partition(&plan, count));
+            tracing::info!("{}", partition::describe_partition(&plan, count));
         }
         return exit::SUCCESS;
     }
@@ -105,10 +105,10 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     );
     // Tag rules first (each shard lists every entry: listings are not pulls), then the
     // shard, so that each selected tag belongs to exactly one shard.
-    let (tag_lists, mut unlisted) = tag_rules::expand(plan, &toolbox, &cancel).await;
+    let (tag_lists, mut unlisted) = tag_listing::expand(plan, &toolbox, &cancel).await;
     if let Some(shard) = shard {
         let total = plan.jobs.len();
-        shard::restrict(plan, shard);
+        partition::restrict(plan, shard);
         unlisted.retain(|(index, _)| {
             plan.selections
                 .iter()
@@ -121,7 +121,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
 
     let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;
-    let results = tag_rules::merge_in_config_order(plan, synced, unlisted);
+    let results = tag_listing::merge_in_config_order(plan, synced, unlisted);
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
     // Closes pooled connections, so that the descriptors counted below are leaks only.
@@ -170,6 +170,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         duration: started.elapsed(),
         requests,
         limits,
+        interrupted: signals::interrupted_exit_code().is_some(),
     };
     let pushgateway = cli
         .pushgateway

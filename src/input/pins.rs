@@ -12,7 +12,6 @@ use regex::{Regex, RegexBuilder};
 use serde::Serialize;
 
 use crate::input::reference::{Digest, shorten};
-use crate::run::decision::Decision;
 
 /// Bound on one compiled pattern: a config's pattern cannot take much memory.
 const MAX_PATTERN_BYTES: usize = 1 << 20;
@@ -70,11 +69,6 @@ pub fn parse_pin(raw: &str) -> Result<Digest, String> {
             shorten(raw)
         )),
     }
-}
-
-/// What to do with a pinned image, knowing only the cache's digest for the tag.
-pub fn decide_pinned(pin: &Digest, cached: Option<&Digest>, dry_run: bool) -> Decision {
-    crate::run::decision::decide(pin, cached, dry_run)
 }
 
 /// The upstream's digest for the tag when it differs from the pin (the tag moved).
@@ -144,14 +138,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pin_is_kept_and_a_moved_tag_is_noticed() {
+    fn a_moved_tag_is_noticed() {
         let (pin, other) = (digest('a'), digest('b'));
-        assert_eq!(
-            decide_pinned(&pin, Some(&pin), false),
-            Decision::AlreadyCached
-        );
-        assert_eq!(decide_pinned(&pin, Some(&other), false), Decision::Copy);
-        assert_eq!(decide_pinned(&pin, None, true), Decision::WouldCopy);
         assert_eq!(moved(&pin, Some(&other)), Some(&other));
         assert_eq!(moved(&pin, Some(&pin)), None);
         assert_eq!(moved(&pin, None), None);

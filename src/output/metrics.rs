@@ -40,12 +40,14 @@ pub struct RunFigures<'a> {
     pub requests: BTreeMap<String, (u64, u64)>,
     /// The last reported (limit, remaining) by metered registry.
     pub limits: BTreeMap<String, (u64, u64)>,
+    /// A signal (SIGINT/SIGTERM) stopped the run.
+    pub interrupted: bool,
 }
 
 impl RunFigures<'_> {
     /// Every image synced, already cached, or deferred, and the run not interrupted.
     pub fn succeeded(&self) -> bool {
-        self.report.summary.failed == 0 && crate::run::signals::interrupted_exit_code().is_none()
+        self.report.summary.failed == 0 && !self.interrupted
     }
 }
 
@@ -297,6 +299,7 @@ mod tests {
             duration: Duration::from_millis(2_500),
             requests: BTreeMap::from([("docker.io".to_owned(), (5, 2))]),
             limits: BTreeMap::from([("docker.io".to_owned(), (100, 87))]),
+            interrupted: false,
         }
     }
 

@@ -66,7 +66,7 @@ pub struct ImageResult {
     /// Signatures, attestations and SBOMs brought up to date (`referrers: true` only;
     /// absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub referrers: Option<crate::run::referrers::Counts>,
+    pub referrers: Option<ReferrerCounts>,
     /// A pinned image whose tag was watched: whether the upstream tag points elsewhere
     /// than the pin (the pin is kept). Absent when not pinned or not watched.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +81,35 @@ pub struct ImageResult {
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<String>,
+}
+
+/// Per image, in the report: what happened to its signature, attestation, SBOM and
+/// referrers-index tags that the upstream holds (tags the upstream lacks are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReferrerCounts {
+    /// Copied in this run (missing in the cache, or a different digest there).
+    pub copied: u32,
+    /// Already in the cache with the upstream's digest.
+    pub already_cached: u32,
+    /// Could not be checked or copied (the next run tries again).
+    pub failed: u32,
+}
+
+/// What the listing of one `tags:` entry cost and selected (`tag_lists` in the report).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagList {
+    /// `source` as written.
+    pub image: String,
+    /// The rules as written.
+    pub rules: String,
+    /// `tags/list` requests sent (pages and 401 challenges; 0 for `include` alone).
+    pub requests: u32,
+    /// Tags the upstream listed.
+    pub listed: usize,
+    /// The tags selected, highest first, then the `include`s.
+    pub selected: Vec<String>,
+    /// Why the listing failed, or null.
+    pub error: Option<String>,
 }
 
 /// Counts by action.
@@ -122,7 +151,7 @@ pub struct Report {
     pub shard: Option<crate::input::shard::Shard>,
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tag_lists: Vec<crate::input::tag_rules::TagList>,
+    pub tag_lists: Vec<TagList>,
 }
 
 impl Report {

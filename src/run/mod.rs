@@ -4,7 +4,9 @@
 
 pub mod breaker;
 pub mod decision;
+pub mod partition;
 pub mod referrers;
 pub mod retry;
 pub mod signals;
 pub mod sync;
+pub mod tag_listing;

@@ -25,33 +25,21 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::input::reference::{Digest, Repository, Tag};
+use crate::output::report::ReferrerCounts;
 use crate::process::Cancel;
 use crate::registry::{Class, Failure, Listed, Side, Toolbox};
 
 /// The suffixes of cosign's legacy tags, and `None` for the OCI 1.1 tag schema.
 const KINDS: [Option<&str>; 4] = [Some("sig"), Some("att"), Some("sbom"), None];
 
-/// Per image, in the report: what happened to its signature, attestation, SBOM and
-/// referrers-index tags that the upstream holds (tags the upstream lacks are not counted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Copied in this run (missing in the cache, or a different digest there).
-    pub copied: u32,
-    /// Already in the cache with the upstream's digest.
-    pub already_cached: u32,
-    /// Could not be checked or copied (the next run tries again).
-    pub failed: u32,
-}
-
 /// What syncing one image's referrers came to.
 #[derive(Debug)]
 pub struct Synced {
     /// For the report.
-    pub counts: Counts,
+    pub counts: ReferrerCounts,
     /// The first failure, if any.
     pub failure: Option<Failure>,
     /// Manifest GETs the upstream checks sent (a registry whose HEAD gives no digest):
@@ -107,9 +95,9 @@ impl Referrers<'_> {
     pub async fn sync(&self, source: &Repository, target: &Repository, digest: &Digest) -> Synced {
         let Some(tags) = tags_for(digest) else {
             return Synced {
-                counts: Counts {
+                counts: ReferrerCounts {
                     failed: 1,
-                    ..Counts::default()
+                    ..ReferrerCounts::default()
                 },
                 failure: Some(Failure::new(
                     Class::Other,
@@ -131,7 +119,7 @@ impl Referrers<'_> {
             self.oci(source, target, digest, &tags[3], listed, &gets)
                 .await,
         );
-        let mut counts = Counts::default();
+        let mut counts = ReferrerCounts::default();
         let mut first = None;
         for found in found {
             match found {
@@ -337,7 +325,7 @@ mod tests {
 
     #[test]
     fn counts_serialize_with_the_report_field_names() {
-        let counts = Counts {
+        let counts = ReferrerCounts {
             copied: 1,
             already_cached: 2,
             failed: 0,

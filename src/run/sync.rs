@@ -17,12 +17,13 @@ use tokio::task::JoinSet;
 use crate::input::pins::{self, SkippedCheck};
 use crate::input::plan::{Job, Plan, Settings};
 use crate::input::reference::{Digest, Repository, Tag};
+use crate::output::report::ReferrerCounts;
 use crate::output::report::{Action, ImageResult};
 use crate::process::Cancel;
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::run::breaker::Breakers;
 use crate::run::decision::{Decision, decide};
-use crate::run::referrers::{Counts, Referrers};
+use crate::run::referrers::Referrers;
 use crate::run::retry;
 
 /// What every image task shares.
@@ -460,7 +461,8 @@ async fn sync_pinned(
         }
     }
     drop(check_permit);
-    match pins::decide_pinned(pin, outcome.cached.as_ref(), context.dry_run) {
+    // A pin is decided like any image, with the pin as the upstream digest.
+    match decide(pin, outcome.cached.as_ref(), context.dry_run) {
         Decision::AlreadyCached => {
             with_referrers(job, context, outcome, pin, Action::AlreadyCached).await
         }
@@ -632,7 +634,7 @@ struct Outcome<'a> {
     remote: Option<Digest>,
     cached: Option<Digest>,
     tool: Option<Tool>,
-    referrers: Option<Counts>,
+    referrers: Option<ReferrerCounts>,
     /// A pinned image's watched upstream tag: its digest, and whether it left the pin.
     upstream: Option<Digest>,
     tag_moved: Option<bool>,
