@@ -20,7 +20,7 @@ use crate::input::plan::{self, Plan};
 use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
-use crate::registry::{Toolbox, hub_key};
+use crate::registry::{Toolbox, docker_hub};
 use crate::run::{partition, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
@@ -78,7 +78,7 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
         plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
     }
     // At --check and at the start of a run: crane would go anonymous without a word.
-    if let Some(warning) = hub_key::check_docker_config() {
+    if let Some(warning) = docker_hub::check_docker_config() {
         tracing::warn!("{warning}");
     }
     Ok(plan)
