@@ -302,10 +302,10 @@ impl<E: Clone> Tokens<E> {
                     .iter()
                     .filter(|waiting| {
                         *waiting != repository
-                            && !state
+                            && state
                                 .tokens
                                 .get(*waiting)
-                                .is_some_and(|token| now < token.usable_until)
+                                .is_none_or(|token| now >= token.usable_until)
                     })
                     .take(MAX_SCOPES_PER_TOKEN - 1)
                     .cloned()
@@ -552,14 +552,14 @@ mod tests {
         assert!(TokenResponse::parse(b"<html>").is_none());
     }
 
+    type Fetched = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(String, Option<Duration>), ()>> + Send>,
+    >;
+
     fn counting_fetch(
         fetches: &Arc<Mutex<Vec<Vec<String>>>>,
         lifetime: Option<Duration>,
-    ) -> impl FnOnce(
-        Vec<String>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(String, Option<Duration>), ()>> + Send>,
-    > + use<> {
+    ) -> impl FnOnce(Vec<String>) -> Fetched + use<> {
         let fetches = Arc::clone(fetches);
         move |repositories: Vec<String>| {
             Box::pin(async move {

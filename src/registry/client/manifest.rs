@@ -147,6 +147,14 @@ impl Client {
                 }
                 Err(BodyError::Broken(broken)) => return session.broken(&broken, &what).into(),
             };
+            let children = match parse_manifest(&body) {
+                Ok(children) => children,
+                Err(why) => {
+                    return Checked::Failed(
+                        session.fail(Class::Malformed, format!("{what}: {why}")),
+                    );
+                }
+            };
             let digest = Digest::of_bytes(&body);
             return match stated {
                 Some(stated) if stated != digest => Checked::Failed(session.fail(
@@ -158,23 +166,29 @@ impl Client {
                 _ => Checked::Digest {
                     digest,
                     gets: session.gets(),
-                    children: Some(children_of(&body)),
+                    children: Some(children),
                 },
             };
         }
     }
 }
 
-/// How many manifests an index lists (0 for an image manifest or anything else).
-pub fn children_of(manifest: &[u8]) -> u32 {
+/// How many manifests an index lists (0 for an image manifest), or why the bytes are no
+/// manifest (every manifest type is a JSON object).
+pub fn parse_manifest(manifest: &[u8]) -> Result<u32, String> {
     #[derive(serde::Deserialize)]
     struct Index {
         #[serde(default)]
-        manifests: Vec<serde::de::IgnoredAny>,
+        manifests: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    if manifest.trim_ascii_start().first() != Some(&b'{') {
+        return Err("the manifest is not a JSON object".to_owned());
     }
     serde_json::from_slice::<Index>(manifest)
-        .map(|index| u32::try_from(index.manifests.len()).unwrap_or(u32::MAX))
-        .unwrap_or(0)
+        .map(|index| {
+            u32::try_from(index.manifests.map_or(0, |children| children.len())).unwrap_or(u32::MAX)
+        })
+        .map_err(|err| format!("the manifest is not JSON ({err})"))
 }
 
 #[cfg(test)]
@@ -182,10 +196,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_index_counts_its_children_and_anything_else_none() {
-        assert_eq!(children_of(br#"{"manifests":[{},{}]}"#), 2);
-        assert_eq!(children_of(br#"{"layers":[]}"#), 0);
-        assert_eq!(children_of(b"{\"manifests\":[{}"), 0, "truncated");
-        assert_eq!(children_of(b"\xff"), 0);
+    fn an_index_counts_its_children_and_what_is_no_manifest_is_refused() {
+        assert_eq!(parse_manifest(br#"{"manifests":[{},{}]}"#), Ok(2));
+        assert_eq!(parse_manifest(br#" {"layers":[]}"#), Ok(0));
+        assert!(parse_manifest(b"{\"manifests\":[{}").is_err(), "truncated");
+        assert!(parse_manifest(b"\xff").is_err());
+        assert!(parse_manifest(b"[[]]").is_err());
+        assert!(parse_manifest(br#"{"manifests":7}"#).is_err());
     }
 }

@@ -22,7 +22,7 @@ mod tags;
 mod transport;
 
 pub use self::core::{Client, NO_DIGEST_STREAK};
-pub use manifest::{Checked, MAX_MANIFEST_BYTES, Want, children_of};
+pub use manifest::{Checked, MAX_MANIFEST_BYTES, Want, parse_manifest};
 pub use referrers::{Listed, MAX_REFERRERS, Referrer, parse_index};
 pub use tags::{
     MAX_TAG_LIST_BYTES, MAX_TAG_PAGE_BYTES, MAX_TAG_PAGES, TagList, next_link, parse_tag_page,

@@ -3,7 +3,8 @@
 //! pull-scoped token on Docker Hub; a listing is not a pull).
 //!
 //! A hostile or broken registry cannot hold the run: a `next` link on another host (or
-//! scheme or port) or one already read ends the listing with a failure that says so, and
+//! scheme or port), to another path, or to a page already read ends the listing with a
+//! failure that says so, and
 //! every page, all pages together and the number of pages are capped (each named in its
 //! failure).
 
@@ -118,6 +119,15 @@ impl Client {
                     Class::Denied,
                     format!(
                         "{what}: the next page `{}` is on another host; not followed",
+                        crate::input::reference::shorten(link.as_str())
+                    ),
+                ));
+            }
+            if link.path() != answer.url.path() {
+                break Err(session.fail(
+                    Class::Malformed,
+                    format!(
+                        "{what}: the next page `{}` is not this repository's tag list; not followed",
                         crate::input::reference::shorten(link.as_str())
                     ),
                 ));
