@@ -175,7 +175,7 @@ pub const MAX_SCOPES_PER_TOKEN: usize = 16;
 struct Token {
     value: Arc<str>,
     usable_until: Instant,
-    /// How many repositories it was asked for.
+    /// How many scopes it was asked for.
     scopes: usize,
 }
 
@@ -183,20 +183,20 @@ struct Token {
 struct HostTokens<E> {
     state: Mutex<HostState<E>>,
     /// Held while a token request is in flight: one at a time per registry, so that the
-    /// repositories that want a token meanwhile go into the next request together.
+    /// scopes that want a token meanwhile go into the next request together.
     fetching: tokio::sync::Mutex<()>,
 }
 
 struct HostState<E> {
     tokens: HashMap<String, Token>,
-    /// Repositories waiting for a token, oldest first.
+    /// Scopes waiting for a token, oldest first.
     waiting: Vec<String>,
-    /// The last failed request's answer for the repositories it was made for (beside the
+    /// The last failed request's answer for the scopes it was made for (beside the
     /// one that made it), with its number.
     failed: HashMap<String, (u64, E)>,
     /// Token requests answered so far.
     answered: u64,
-    /// A token for several repositories was refused: this registry gets one scope per
+    /// A token for several scopes was refused: this registry gets one scope per
     /// request from now on.
     one_scope: bool,
 }
@@ -213,10 +213,11 @@ impl<E> Default for HostState<E> {
     }
 }
 
-/// Bearer tokens by registry host and repository. Requests for tokens of one registry go
-/// one at a time; the repositories that want one while a request is in flight are asked for
-/// together in the next (at most [`MAX_SCOPES_PER_TOKEN`]), so a run fetches far fewer
-/// tokens than it has repositories, and concurrent checks of one repository share one.
+/// Bearer tokens by registry host and scope (`repository:<path>:pull`, or `:pull,push` for
+/// a write). Requests for tokens of one registry go one at a time; the scopes that want one
+/// while a request is in flight are asked for together in the next (at most
+/// [`MAX_SCOPES_PER_TOKEN`]), so a run fetches far fewer tokens than it has repositories,
+/// and concurrent requests for one scope share one.
 pub struct Tokens<E> {
     hosts: Mutex<HashMap<String, Arc<HostTokens<E>>>>,
 }
@@ -245,16 +246,16 @@ impl<E: Clone> Tokens<E> {
         }))
     }
 
-    /// A token for the repository that is not `stale`: the stored one while it lives, else
-    /// one from `fetch`, which gets the repositories to ask scopes for (this one first) and
+    /// A token for the scope that is not `stale`: the stored one while it lives, else
+    /// one from `fetch`, which gets the scopes to ask for (this one first) and
     /// answers with the token and the lifetime the response gave (`None`: absent). After a
-    /// refused (`stale`) token the request is for this repository alone, and a refused token
-    /// that covered several repositories makes every later request for the registry a
+    /// refused (`stale`) token the request is for this scope alone, and a refused token
+    /// that covered several scopes makes every later request for the registry a
     /// single-scope one. The caller bounds the wait.
     pub async fn get<F, Fut>(
         &self,
         host: &str,
-        repository: &str,
+        scope: &str,
         stale: Option<&str>,
         fetch: F,
     ) -> Result<Arc<str>, E>
@@ -265,21 +266,21 @@ impl<E: Clone> Tokens<E> {
         let tokens = self.host(host);
         let asked_after = {
             let mut state = lock(&tokens.state);
-            if let Some(token) = usable(&state, repository, stale) {
+            if let Some(token) = usable(&state, scope, stale) {
                 return Ok(token);
             }
-            if stale.is_none() && !state.waiting.iter().any(|waiting| waiting == repository) {
-                state.waiting.push(repository.to_owned());
+            if stale.is_none() && !state.waiting.iter().any(|waiting| waiting == scope) {
+                state.waiting.push(scope.to_owned());
             }
             state.answered
         };
         let _turn = tokens.fetching.lock().await;
         let batch = {
             let mut state = lock(&tokens.state);
-            if let Some(token) = usable(&state, repository, stale) {
+            if let Some(token) = usable(&state, scope, stale) {
                 return Ok(token);
             }
-            if let Some((number, failure)) = state.failed.get(repository) {
+            if let Some((number, failure)) = state.failed.get(scope) {
                 if *number > asked_after {
                     return Err(failure.clone());
                 }
@@ -287,21 +288,21 @@ impl<E: Clone> Tokens<E> {
             if let Some(refused) = stale.and_then(|stale| {
                 state
                     .tokens
-                    .get(repository)
+                    .get(scope)
                     .filter(|token| &*token.value == stale)
             }) {
                 if refused.scopes > 1 {
                     state.one_scope = true;
                 }
             }
-            let mut batch = vec![repository.to_owned()];
+            let mut batch = vec![scope.to_owned()];
             if stale.is_none() && !state.one_scope {
                 let now = Instant::now();
                 let others: Vec<String> = state
                     .waiting
                     .iter()
                     .filter(|waiting| {
-                        *waiting != repository
+                        *waiting != scope
                             && state
                                 .tokens
                                 .get(*waiting)
@@ -329,9 +330,9 @@ impl<E: Clone> Tokens<E> {
                     usable_until: Instant::now() + lifetime - margin(lifetime),
                     scopes: batch.len(),
                 };
-                for repository in batch {
-                    state.failed.remove(&repository);
-                    state.tokens.insert(repository, token.clone());
+                for scope in batch {
+                    state.failed.remove(&scope);
+                    state.tokens.insert(scope, token.clone());
                 }
                 Ok(token.value)
             }
@@ -345,16 +346,16 @@ impl<E: Clone> Tokens<E> {
     }
 
     /// The stored token, while it lives.
-    pub fn current(&self, host: &str, repository: &str) -> Option<Arc<str>> {
-        usable(&lock(&self.host(host).state), repository, None)
+    pub fn current(&self, host: &str, scope: &str) -> Option<Arc<str>> {
+        usable(&lock(&self.host(host).state), scope, None)
     }
 }
 
-/// The repository's token while it lives, unless it is the `stale` one.
-fn usable<E>(state: &HostState<E>, repository: &str, stale: Option<&str>) -> Option<Arc<str>> {
+/// The scope's token while it lives, unless it is the `stale` one.
+fn usable<E>(state: &HostState<E>, scope: &str, stale: Option<&str>) -> Option<Arc<str>> {
     state
         .tokens
-        .get(repository)
+        .get(scope)
         .filter(|token| Instant::now() < token.usable_until && stale != Some(&*token.value))
         .map(|token| Arc::clone(&token.value))
 }

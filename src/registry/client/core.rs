@@ -186,24 +186,22 @@ impl Client {
         }
     }
 
-    /// A token for the session's repository (not `stale`), from a realm that is safe to
-    /// follow, waited for until the session's deadline.
+    /// A token for `scope` on the session's registry (not `stale`), from a realm that is
+    /// safe to follow, waited for until the session's deadline.
     pub(super) async fn bearer_token(
         &self,
         session: &Session<'_>,
-        realm: &str,
-        service: Option<&str>,
-        over: Scheme,
+        challenge: (&str, Option<&str>, Scheme),
+        scope: &str,
         stale: Option<&str>,
     ) -> Result<Arc<str>, Refusal> {
+        let (realm, service, over) = challenge;
         let host = session.repository().host();
         auth::realm_allowed(realm, host, over == Scheme::Http)
             .map_err(|why| Refusal::Failed(session.fail(Class::Denied, why)))?;
-        let wait = self
-            .tokens
-            .get(host, session.repository().path(), stale, |repositories| {
-                self.fetch_token(session, realm, service, repositories)
-            });
+        let wait = self.tokens.get(host, scope, stale, |scopes| {
+            self.fetch_token(session, realm, service, scopes)
+        });
         match tokio::time::timeout_at(session.deadline().into(), wait).await {
             Ok(token) => token,
             Err(_) => Err(Refusal::Failed(
@@ -219,19 +217,17 @@ impl Client {
         }
     }
 
-    /// One token request: every repository's pull scope, the service, the user's basic
-    /// credentials when there are some.
+    /// One token request: every scope, the service, the user's basic credentials when
+    /// there are some.
     async fn fetch_token(
         &self,
         session: &Session<'_>,
         realm: &str,
         service: Option<&str>,
-        repositories: Vec<String>,
+        scopes: Vec<String>,
     ) -> Result<(String, Option<Duration>), Refusal> {
-        let mut query: Vec<(&str, String)> = repositories
-            .iter()
-            .map(|repository| ("scope", format!("repository:{repository}:pull")))
-            .collect();
+        let mut query: Vec<(&str, String)> =
+            scopes.into_iter().map(|scope| ("scope", scope)).collect();
         if let Some(service) = service {
             query.push(("service", service.to_owned()));
         }
@@ -278,12 +274,12 @@ impl Client {
     }
 
     /// The credentials for a request to a host whose auth kind this run already learnt:
-    /// a token (not `stale`) where it asked for bearer tokens, the user's basic credentials
+    /// a token for `scope` where it asked for bearer tokens, the user's basic credentials
     /// where it asked for those, else none (the first request finds out).
     pub(super) async fn known_auth(
         &self,
         session: &Session<'_>,
-        stale: Option<&str>,
+        scope: &str,
     ) -> Result<Option<Credential>, Refusal> {
         let known = self.facts(session.repository().host()).auth;
         Ok(match (known, session.credentials()) {
@@ -295,7 +291,7 @@ impl Client {
                 }),
                 _,
             ) => Some(Credential::Bearer(
-                self.bearer_token(session, &realm, service.as_deref(), over, stale)
+                self.bearer_token(session, (&realm, service.as_deref(), over), scope, None)
                     .await?,
             )),
             (Some(AuthKind::Basic), Some(basic)) => Some(Credential::Basic(basic.clone())),

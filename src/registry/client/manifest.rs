@@ -88,12 +88,8 @@ impl Client {
         let mut get = want == Want::Manifest
             || (want == Want::Digest && self.facts(host).head_gives_no_digest);
         loop {
-            let request = Request {
-                method: if get { Method::GET } else { Method::HEAD },
-                path: &path,
-                accept: MANIFEST_TYPES,
-                manifest: true,
-            };
+            let method = if get { Method::GET } else { Method::HEAD };
+            let request = Request::new(method, &path, MANIFEST_TYPES).manifest();
             let answer = match session.send(&request).await {
                 Ok(answer) => answer,
                 Err(refusal) => return refusal.into(),

@@ -71,12 +71,11 @@ impl Client {
             Err(refusal) => return Listed::Failed(refusal.into_failure()),
         };
         let path = format!("/v2/{}/referrers/{subject}", repository.path());
-        let request = Request {
-            method: Method::GET,
-            path: &path,
-            accept: "application/vnd.oci.image.index.v1+json",
-            manifest: false,
-        };
+        let request = Request::new(
+            Method::GET,
+            &path,
+            "application/vnd.oci.image.index.v1+json",
+        );
         let answer = match session.send(&request).await {
             Ok(answer) => answer,
             Err(refusal) => return Listed::Failed(refusal.into_failure()),

@@ -49,16 +49,55 @@ impl Refusal {
     }
 }
 
-/// One request of a session.
+/// One request of a session: built with [`Request::new`] and the builder methods.
 pub struct Request<'a> {
-    /// The method.
-    pub method: Method,
-    /// The path and query under the registry's API root: `/v2/<repo>/manifests/<tag>`.
-    pub path: &'a str,
-    /// The `Accept` header.
-    pub accept: &'a str,
+    method: Method,
+    path: &'a str,
+    accept: &'a str,
+    manifest: bool,
+    push: bool,
+    body: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a> Request<'a> {
+    /// `method` on `path` (and query) under the registry's API root
+    /// (`/v2/<repo>/manifests/<tag>`), accepting `accept`.
+    pub fn new(method: Method, path: &'a str, accept: &'a str) -> Self {
+        Self {
+            method,
+            path,
+            accept,
+            manifest: false,
+            push: false,
+            body: None,
+        }
+    }
+
     /// A manifest request: counted (upstream) and read for the quota headers.
-    pub manifest: bool,
+    pub fn manifest(mut self) -> Self {
+        self.manifest = true;
+        self
+    }
+
+    /// A write: its token asks for `pull,push` on the repository.
+    #[expect(
+        dead_code,
+        reason = "for the cache write operations (manifest PUT/DELETE) added beside this client"
+    )]
+    pub fn push(mut self) -> Self {
+        self.push = true;
+        self
+    }
+
+    /// A body of this content type (sent again after a 401).
+    #[expect(
+        dead_code,
+        reason = "for the cache write operations (manifest PUT/DELETE) added beside this client"
+    )]
+    pub fn body(mut self, content_type: &'a str, bytes: &'a [u8]) -> Self {
+        self.body = Some((content_type, bytes));
+        self
+    }
 }
 
 /// A registry's answer (any status but a 401 the session could not get past).
@@ -281,9 +320,14 @@ impl<'a> Session<'a> {
             .client
             .transport
             .registry(self.client.tls.is_listed(host));
+        let scope = format!(
+            "repository:{}:{}",
+            self.repository.path(),
+            if request.push { "pull,push" } else { "pull" }
+        );
         let mut credential = self
             .client
-            .known_auth(self, None)
+            .known_auth(self, &scope)
             .await
             .map_err(Attempt::Final)?;
         let mut refreshed = false;
@@ -304,6 +348,11 @@ impl<'a> Session<'a> {
                 .request(request.method.clone(), url.clone())
                 .header(ACCEPT, request.accept)
                 .timeout(left);
+            if let Some((content_type, bytes)) = request.body {
+                builder = builder
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(bytes.to_vec());
+            }
             builder = match &credential {
                 Some(Credential::Bearer(token)) => builder.bearer_auth(token),
                 Some(Credential::Basic(basic)) => {
@@ -350,17 +399,16 @@ impl<'a> Session<'a> {
                     url,
                 });
             }
-            credential = Some(
-                self.answer_challenge(
-                    scheme,
+            let answered = self
+                .answer_challenge(
+                    (scheme, &scope),
                     response.headers(),
                     credential.as_ref(),
                     &mut refreshed,
                     &what,
                 )
-                .await
-                .map_err(Attempt::Final)?,
-            );
+                .await;
+            credential = Some(answered.map_err(Attempt::Final)?);
         }
         Err(Attempt::Final(Refusal::Unhandled {
             why: format!("{what}: no answer after authenticating"),
@@ -376,7 +424,7 @@ impl<'a> Session<'a> {
     /// The credentials that answer a 401's challenge, or why there are none.
     async fn answer_challenge(
         &self,
-        scheme: Scheme,
+        (scheme, scope): (Scheme, &str),
         headers: &HeaderMap,
         sent: Option<&Credential>,
         refreshed: &mut bool,
@@ -423,7 +471,12 @@ impl<'a> Session<'a> {
                 };
                 let token = self
                     .client
-                    .bearer_token(self, &realm, service.as_deref(), scheme, stale.as_deref())
+                    .bearer_token(
+                        self,
+                        (&realm, service.as_deref(), scheme),
+                        scope,
+                        stale.as_deref(),
+                    )
                     .await?;
                 Ok(Credential::Bearer(token))
             }

@@ -59,12 +59,7 @@ impl Client {
         let mut bytes = 0;
         let outcome = loop {
             read.insert(next.clone());
-            let request = Request {
-                method: Method::GET,
-                path: &next,
-                accept: "application/json",
-                manifest: false,
-            };
+            let request = Request::new(Method::GET, &next, "application/json");
             let answer = match session.send(&request).await {
                 Ok(answer) => answer,
                 Err(refusal) => break Err(refusal.into_failure()),
