@@ -21,9 +21,9 @@ use image_sync::registry::client::{
 use image_sync::registry::credentials::Keyring;
 use image_sync::registry::{docker_hub, quota};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::hostile_input::persisted;
 use crate::support::fault::{Fault, FaultProxy, Rule, TokenAuth};
 use crate::support::image;
 use crate::support::pair;
@@ -434,16 +434,6 @@ fn redirects_bouncing_between_hosts_are_bounded() {
 }
 
 // Property tests of every parser that reads a registry's bytes.
-
-fn persisted(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 /// Pieces registries' answers are built from, with hostile ones mixed in.
 const PIECES: &[&str] = &[

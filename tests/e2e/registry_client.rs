@@ -69,6 +69,28 @@ fn crane_wrapper(dir: &Path, crane: &Path, before: &str) -> String {
     )
 }
 
+/// A credential helper `docker-credential-NAME` (the script) in `dir/bin` and a Docker config
+/// in `dir/docker` that names it: the PATH and `DOCKER_CONFIG` to run with.
+fn credential_helper(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    config: serde_json::Value,
+) -> (String, std::path::PathBuf) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    write_script(&bin.join(format!("docker-credential-{name}")), script);
+    let docker_dir = dir.join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    std::fs::write(docker_dir.join("config.json"), config.to_string()).expect("config");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, docker_dir)
+}
+
 fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -516,27 +538,15 @@ fn credential_helpers_and_the_registry_auth_file_are_found_like_crane() {
     let config = yaml(&cache.host(), &[(format!("{up}/app/helped"), "1")], "");
 
     // A helper named in credHelpers, found on PATH.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
     let asked = dir.path().join("asked");
-    write_script(
-        &bin.join("docker-credential-itest"),
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "itest",
         &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"reader\",\"Secret\":\"helper-s3cret\"}}' \"$server\"\n",
             asked.display()
         ),
-    );
-    let docker_dir = dir.path().join("docker");
-    std::fs::create_dir_all(&docker_dir).expect("docker dir");
-    std::fs::write(
-        docker_dir.join("config.json"),
-        serde_json::json!({"credHelpers": {up.clone(): "itest"}}).to_string(),
-    )
-    .expect("config");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+        serde_json::json!({"credHelpers": {up.clone(): "itest"}}),
     );
     let run = ImageSync::new()
         .config(&config)
@@ -883,33 +893,21 @@ fn slow_credential_helpers_run_once_per_key_in_parallel_within_the_check_deadlin
     let up = p.upstream.host();
     image::push_singles(&p.tools, &up, &["app/h1", "app/h2", "app/h3"]);
     let dir = tempfile::tempdir().expect("dir");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
     let asked = dir.path().join("asked");
     let running = dir.path().join("running");
     let overlap = dir.path().join("overlap");
     std::fs::create_dir_all(&running).expect("running dir");
     // Not found for every key, after 2 s; records how many helpers ran at once.
-    write_script(
-        &bin.join("docker-credential-slowtest"),
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "slowtest",
         &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {asked}\ntouch {running}/$$\nsleep 2\nls {running} | wc -l >> {overlap}\nrm -f {running}/$$\necho 'credentials not found in native keychain'\nexit 1\n",
             asked = asked.display(),
             running = running.display(),
             overlap = overlap.display()
         ),
-    );
-    let docker_dir = dir.path().join("docker");
-    std::fs::create_dir_all(&docker_dir).expect("docker dir");
-    std::fs::write(
-        docker_dir.join("config.json"),
-        r#"{"credsStore": "slowtest"}"#,
-    )
-    .expect("config");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+        serde_json::json!({"credsStore": "slowtest"}),
     );
     let images: Vec<(String, &str)> = ["app/h1", "app/h2", "app/h3"]
         .iter()
@@ -974,23 +972,11 @@ fn a_credential_helper_past_the_deadline_fails_the_check_naming_it() {
     let up = p.upstream.host();
     image::push_singles(&p.tools, &up, &["app/hung-helper"]);
     let dir = tempfile::tempdir().expect("dir");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
-    write_script(
-        &bin.join("docker-credential-hangs"),
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "hangs",
         "#!/bin/sh\nsleep 15\nexit 1\n",
-    );
-    let docker_dir = dir.path().join("docker");
-    std::fs::create_dir_all(&docker_dir).expect("docker dir");
-    std::fs::write(
-        docker_dir.join("config.json"),
-        serde_json::json!({"credHelpers": {up.clone(): "hangs"}}).to_string(),
-    )
-    .expect("config");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+        serde_json::json!({"credHelpers": {up.clone(): "hangs"}}),
     );
     let run = ImageSync::new()
         .config(&yaml(
