@@ -118,6 +118,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
     }
     announce(plan, &toolbox, dry_run);
+    // Token requests then cover the repositories the next checks need (16 scopes each).
+    toolbox.expect(plan.jobs.iter().flat_map(|job| [&job.target, &job.source]));
 
     let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;

@@ -7,7 +7,7 @@
 //! Token requests for one registry go one at a time, each asking for every repository
 //! that waits for one (at most 16 scopes): concurrent checks share requests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,8 +189,11 @@ struct HostTokens<E> {
 
 struct HostState<E> {
     tokens: HashMap<String, Token>,
-    /// Scopes waiting for a token, oldest first.
-    waiting: Vec<String>,
+    /// Scopes waiting for a token (or expected to), oldest first; an entry no longer in
+    /// `queued` was served meanwhile and is skipped.
+    waiting: VecDeque<String>,
+    /// The scopes in `waiting` that still want a token.
+    queued: HashSet<String>,
     /// The last failed request's answer for the scopes it was made for (beside the
     /// one that made it), with its number.
     failed: HashMap<String, (u64, E)>,
@@ -205,7 +208,8 @@ impl<E> Default for HostState<E> {
     fn default() -> Self {
         Self {
             tokens: HashMap::new(),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            queued: HashSet::new(),
             failed: HashMap::new(),
             answered: 0,
             one_scope: false,
@@ -269,8 +273,8 @@ impl<E: Clone> Tokens<E> {
             if let Some(token) = usable(&state, scope, stale) {
                 return Ok(token);
             }
-            if stale.is_none() && !state.waiting.iter().any(|waiting| waiting == scope) {
-                state.waiting.push(scope.to_owned());
+            if stale.is_none() {
+                state.queue(scope);
             }
             state.answered
         };
@@ -296,24 +300,23 @@ impl<E: Clone> Tokens<E> {
                 }
             }
             let mut batch = vec![scope.to_owned()];
+            state.queued.remove(scope);
             if stale.is_none() && !state.one_scope {
                 let now = Instant::now();
-                let others: Vec<String> = state
-                    .waiting
-                    .iter()
-                    .filter(|waiting| {
-                        *waiting != scope
-                            && state
-                                .tokens
-                                .get(*waiting)
-                                .is_none_or(|token| now >= token.usable_until)
-                    })
-                    .take(MAX_SCOPES_PER_TOKEN - 1)
-                    .cloned()
-                    .collect();
-                batch.extend(others);
+                while batch.len() < MAX_SCOPES_PER_TOKEN {
+                    let Some(next) = state.waiting.pop_front() else {
+                        break;
+                    };
+                    let wanted = state.queued.remove(&next)
+                        && state
+                            .tokens
+                            .get(&next)
+                            .is_none_or(|token| now >= token.usable_until);
+                    if wanted {
+                        batch.push(next);
+                    }
+                }
             }
-            state.waiting.retain(|waiting| !batch.contains(waiting));
             batch
         };
         let fetched = fetch(batch.clone()).await;
@@ -345,9 +348,30 @@ impl<E: Clone> Tokens<E> {
         }
     }
 
+    /// Scopes that requests to `host` will want a token for, in the order they will: the
+    /// registry's next token requests ask for them too (up to [`MAX_SCOPES_PER_TOKEN`]
+    /// each), so a run over many repositories fetches about one token per 16 of them.
+    /// Nothing is fetched for a registry that never asks for tokens.
+    pub fn expect(&self, host: &str, scopes: impl IntoIterator<Item = String>) {
+        let tokens = self.host(host);
+        let mut state = lock(&tokens.state);
+        for scope in scopes {
+            state.queue(&scope);
+        }
+    }
+
     /// The stored token, while it lives.
     pub fn current(&self, host: &str, scope: &str) -> Option<Arc<str>> {
         usable(&lock(&self.host(host).state), scope, None)
+    }
+}
+
+impl<E> HostState<E> {
+    /// Puts `scope` in line for the next token requests, once.
+    fn queue(&mut self, scope: &str) {
+        if self.queued.insert(scope.to_owned()) {
+            self.waiting.push_back(scope.to_owned());
+        }
     }
 }
 
@@ -649,6 +673,27 @@ mod tests {
             fetches,
             [vec!["a"], vec!["b", "c"], vec!["b"], vec!["d"], vec!["e"]]
         );
+    }
+
+    #[tokio::test]
+    async fn expected_scopes_ride_along_in_config_order_sixteen_per_request() {
+        let tokens = Tokens::<()>::default();
+        let fetches = Arc::new(Mutex::new(Vec::new()));
+        tokens.expect("reg", (0..40).map(|n| format!("r{n}")));
+        for n in 0..40 {
+            let scope = format!("r{n}");
+            assert!(
+                tokens
+                    .get("reg", &scope, None, counting_fetch(&fetches, None))
+                    .await
+                    .is_ok()
+            );
+        }
+        let fetches = fetches.lock().expect("lock").clone();
+        assert_eq!(fetches.len(), 3, "{fetches:?}");
+        assert_eq!(fetches[0].len(), MAX_SCOPES_PER_TOKEN);
+        assert_eq!(fetches[1][0], "r16");
+        assert!(tokens.current("other", "r0").is_none(), "per registry");
     }
 
     #[tokio::test]

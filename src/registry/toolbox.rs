@@ -163,6 +163,13 @@ impl Toolbox {
         }
     }
 
+    /// Repositories this run will check, in the order it will (see [`Client::expect`]).
+    pub fn expect<'r>(&self, repositories: impl IntoIterator<Item = &'r Repository>) {
+        if let Some(client) = &self.client {
+            client.expect(repositories);
+        }
+    }
+
     /// The run's upstream quota ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger

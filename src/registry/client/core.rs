@@ -143,6 +143,21 @@ impl Client {
         ))
     }
 
+    /// Repositories this run will check, in the order it will: a registry that asks for
+    /// tokens gets their scopes in its next token requests (see [`Tokens::expect`]).
+    pub fn expect<'r>(&self, repositories: impl IntoIterator<Item = &'r Repository>) {
+        let mut by_host: HashMap<&str, Vec<String>> = HashMap::new();
+        for repository in repositories {
+            by_host
+                .entry(repository.host())
+                .or_default()
+                .push(format!("repository:{}:pull", repository.path()));
+        }
+        for (host, scopes) in by_host {
+            self.tokens.expect(host, scopes);
+        }
+    }
+
     /// Counts an upstream manifest request and reads the quota its answer reports.
     pub(super) fn account(
         &self,
