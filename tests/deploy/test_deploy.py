@@ -164,7 +164,7 @@ def test_kustomization_renders_and_validates(directory):
 
 def test_rendered_image_sync_has_no_secret():
     kinds = {o["kind"] for o in kustomize_build(SYNC_DIR)}
-    assert kinds == {"ConfigMap", "CronJob", "Job"}
+    assert kinds == {"ConfigMap", "CronJob", "Job", "ServiceAccount"}
 
 
 def test_template_secret_not_in_kustomization():
