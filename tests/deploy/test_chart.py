@@ -48,7 +48,7 @@ DASHBOARD = "image-sync-dashboard.json"
 RULE = "prometheusrule.yaml"
 # Files the chart holds as byte copies of the monitoring component's (one source: edit
 # the component's, then copy).
-CHART_COPIES = {DASHBOARD: DASHBOARD, RULE: RULE}
+CHART_COPIES = (DASHBOARD, RULE)
 HELM_VERSION = "v4.3.2"
 # Every optional part of the chart turned on.
 ALL_FEATURES = [
@@ -135,6 +135,12 @@ def single(objects: list[dict], kind: str) -> dict:
     found = by_kind(objects, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def pod(objects: list[dict], kind: str = "CronJob") -> dict:
+    obj = single(objects, kind)
+    spec = obj["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else obj["spec"]
+    return spec["template"]["spec"]
 
 
 @pytest.fixture(scope="module")
@@ -365,15 +371,18 @@ def test_kustomize_pods_are_restricted():
 
 # --- values ---------------------------------------------------------------------
 
-def config_manifest(objects: list[dict], tmp_path: Path) -> Path:
+def config_manifest(helm: Helm, tmp_path: Path, *values: str) -> Path:
+    """The ConfigMap manifest as the README shows it: `helm template --show-only`."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                    "--show-only", "templates/configmap.yaml", *values)
     path = tmp_path / "configmap.yaml"
-    path.write_text(yaml.safe_dump(single(objects, "ConfigMap")))
+    path.write_text(proc.stdout)
     return path
 
 
-def test_rendered_config_passes_binary_check(helm, default_render, tmp_path):
+def test_rendered_config_passes_binary_check(helm, tmp_path):
     # The binary reads the ConfigMap manifest itself (README, "Usage").
-    manifest = config_manifest(default_render, tmp_path)
+    manifest = config_manifest(helm, tmp_path)
     proc = subprocess.run([str(binary()), "--check", "--config", str(manifest)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"
@@ -385,8 +394,8 @@ def test_rendered_config_passes_binary_check(helm, default_render, tmp_path):
         proc = subprocess.run([str(binary()), "--check", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{kind} {args}: exit {proc.returncode}\n{proc.stderr}"
     # The schema leaves the config's details to the binary, which rejects a wrong type.
-    broken = render(helm, "--set-string", "config.settings.concurrency=two")
-    proc = subprocess.run([str(binary()), "--check", "--config", str(config_manifest(broken, tmp_path))],
+    broken = config_manifest(helm, tmp_path, "--set-string", "config.settings.concurrency=two")
+    proc = subprocess.run([str(binary()), "--check", "--config", str(broken)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
     assert "concurrency" in proc.stderr, proc.stderr
@@ -423,12 +432,6 @@ def test_install_rejects_bad_values(helm):
     assert proc.returncode != 0 and "shards" in proc.stderr, proc.stderr
     # And the same command with good values installs (client-side dry run).
     run_helm(helm, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE)
-
-
-def pod(objects: list[dict], kind: str = "CronJob") -> dict:
-    obj = single(objects, kind)
-    spec = obj["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else obj["spec"]
-    return spec["template"]["spec"]
 
 
 def test_existing_configmap_and_secret(helm):
@@ -500,10 +503,10 @@ def test_pushgateway_url_feeds_the_pods(helm, default_render):
 
 # --- monitoring: one source for the rules and the dashboard ---------------------
 
-@pytest.mark.parametrize("name", sorted(CHART_COPIES))
+@pytest.mark.parametrize("name", CHART_COPIES)
 def test_chart_files_are_copies_of_the_component(name):
     source = MONITORING_COMPONENT / name
-    copy_path = CHART / "files" / CHART_COPIES[name]
+    copy_path = CHART / "files" / name
     assert copy_path.read_bytes() == source.read_bytes(), \
         f"cp {source.relative_to(REPO)} {copy_path.relative_to(REPO)}"
 
