@@ -2,8 +2,9 @@
 real tools: helm (lint, template, the values schema, package and push to a real
 Distribution registry as an OCI artifact and back), kustomize (the chart's defaults render
 the same CronJob, Job, config and Zot as k8s/), kubernetes-validate, promtool (every
-dashboard query parses) and the image-sync binary (the chart's config passes --check; a
-real run against real registries writes every metric the dashboard queries).
+dashboard query parses) and the image-sync binary (the chart's config passes --check;
+real runs against real registries write every metric the dashboard queries, and every
+query answers from a real Prometheus that scraped what they pushed to a real Pushgateway).
 
 A missing tool skips a test, or fails it with IMAGE_SYNC_REQUIRE_TOOLS=1 (CI).
 """
@@ -21,6 +22,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -595,7 +597,7 @@ def test_dashboard_queries_parse(tmp_path):
     assert subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True).returncode != 0
 
 
-# --- real registries (Distribution) -----------------------------------------------
+# --- real servers on free loopback ports ---------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -603,36 +605,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Registry:
-    """`docker-registry serve` on a free loopback port, stopped on exit."""
+class LoopbackServer:
+    """A real server (registry, Pushgateway, Prometheus) on a free loopback port, polled
+    until `ready_path` answers (bounded), stopped and reaped on exit."""
 
-    def __init__(self, directory: Path):
-        exe = tool("docker-registry", "apt-get install docker-registry; scripts/install-test-tools")
+    ready_path = "/"
+
+    def __init__(self, exe: str, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
-        self.log = directory / "access.log"
+        self.directory = directory
+        self.log = directory / "server.log"
         for _ in range(5):
             self.port = free_port()
-            config = directory / "config.yml"
-            config.write_text(yaml.safe_dump({
-                "version": 0.1,
-                "log": {"level": "error", "accesslog": {"disabled": False}},
-                "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
-                "http": {"addr": f"127.0.0.1:{self.port}"},
-            }))
             with self.log.open("w") as log:
-                self.process = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)
+                self.process = subprocess.Popen([exe, *self.arguments()], stdout=log, stderr=log,
+                                                stdin=subprocess.DEVNULL)
             if self._ready():
                 return
-            self.stop()  # the port was taken between free_port() and serve: try another
-        raise AssertionError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
+            self.stop()  # the port was taken between free_port() and the start: try another
+        raise AssertionError(f"{exe} did not start: {self.log.read_text()[-2000:]}")
+
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
 
     def _ready(self) -> bool:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1)
+                urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=1)
                 return True
             except OSError:
                 time.sleep(0.1)
@@ -641,6 +643,10 @@ class Registry:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
 
     def stop(self):
         if self.process.poll() is None:
@@ -656,6 +662,64 @@ class Registry:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Registry(LoopbackServer):
+    """Distribution (`docker-registry serve`), with its access log."""
+
+    ready_path = "/v2/"
+
+    def __init__(self, directory: Path):
+        super().__init__(tool("docker-registry", "apt-get install docker-registry; scripts/install-test-tools"),
+                         directory)
+
+    def arguments(self) -> list[str]:
+        config = self.directory / "config.yml"
+        config.write_text(yaml.safe_dump({
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": False}},
+            "storage": {"filesystem": {"rootdirectory": str(self.directory / "data")}},
+            "http": {"addr": self.host},
+        }))
+        return ["serve", str(config)]
+
+
+class Pushgateway(LoopbackServer):
+    ready_path = "/metrics"
+
+    def __init__(self, directory: Path):
+        super().__init__(tool("prometheus-pushgateway", "apt-get install prometheus-pushgateway"), directory)
+
+    def arguments(self) -> list[str]:
+        return [f"--web.listen-address={self.host}"]
+
+
+class Prometheus(LoopbackServer):
+    """A Prometheus that scrapes one Pushgateway every second, as a cluster's would
+    (honor_labels: the pushed job and shard labels stay)."""
+
+    ready_path = "/-/ready"
+
+    def __init__(self, directory: Path, pushgateway: Pushgateway):
+        self.pushgateway = pushgateway
+        super().__init__(tool("prometheus", "apt-get install prometheus (scripts/install-test-tools)"), directory)
+
+    def arguments(self) -> list[str]:
+        config = self.directory / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True,
+                                "static_configs": [{"targets": [self.pushgateway.host]}]}],
+        }))
+        return [f"--config.file={config}", f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address={self.host}"]
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = json.load(answer)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
 
 
 def test_chart_as_oci_artifact_round_trip(helm, default_render, tmp_path):
@@ -689,7 +753,7 @@ def test_chart_as_oci_artifact_round_trip(helm, default_render, tmp_path):
 
 def crane_push(crane: str, ref: str, content: str, tmp_path: Path) -> str:
     """Pushes a one-layer image made here (its content decides its digest); returns the digest."""
-    layer = tmp_path / f"layer-{abs(hash(content))}.tar"
+    layer = tmp_path / f"layer-{content}.tar"
     payload = tmp_path / "payload.txt"
     payload.write_text(content)
     with tarfile.open(layer, "w") as tar:
@@ -761,20 +825,27 @@ class QuotaHeaders:
         self.server.server_close()
 
 
-def run_with_metrics(config: dict, tmp_path: Path, name: str) -> tuple[int, dict, str]:
+def run_image_sync(config: dict, tmp_path: Path, name: str, *args: str) -> tuple[int, dict, str]:
+    """One real run with --metrics-file: (exit code, report, metrics text)."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     metrics = tmp_path / f"{name}.prom"
-    proc = subprocess.run([str(binary()), "--config", str(path), "--metrics-file", str(metrics)],
+    proc = subprocess.run([str(binary()), "--config", str(path), "--metrics-file", str(metrics), *args],
                           capture_output=True, text=True, timeout=300)
     assert metrics.is_file(), f"{name}: no metrics file\n{proc.stderr}"
     return proc.returncode, json.loads(proc.stdout), metrics.read_text()
 
 
-def test_dashboard_metrics_are_written_by_the_binary(tmp_path):
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """Real runs against real registries, written to files and pushed to a real
+    Pushgateway that a real Prometheus scrapes: a failed run, a shard of an initial sync,
+    and a successful run (the last two pushed)."""
     crane = tool("crane", "scripts/install-test-tools")
+    tmp_path = tmp_path_factory.mktemp("runs")
     with Registry(tmp_path / "upstream") as upstream, Registry(tmp_path / "cache") as cache, \
-            QuotaHeaders(upstream) as metered:
+            QuotaHeaders(upstream) as metered, Pushgateway(tmp_path / "pushgateway") as pushgateway, \
+            Prometheus(tmp_path / "prometheus", pushgateway) as prometheus:
         plain = crane_push(crane, f"{upstream.host}/demo/hello:1.0", "hello", tmp_path)
         pinned = crane_push(crane, f"{upstream.host}/demo/pinned:moving", "first", tmp_path)
         moved = crane_push(crane, f"{upstream.host}/demo/pinned:moving", "second", tmp_path)
@@ -784,22 +855,62 @@ def test_dashboard_metrics_are_written_by_the_binary(tmp_path):
             # A pin whose watched tag moved upstream: image_sync_tag_moved 1.
             {"source": f"{metered.host}/demo/pinned", "tag": "moving", "digest": pinned},
         ]
-        # A tag the upstream does not have fails the first run; the second run succeeds
+        # A tag the upstream does not have fails the first run; the later runs succeed
         # (image_sync_last_success_timestamp_seconds is written by a success only).
         missing = {"source": f"{metered.host}/demo/hello", "tag": "missing"}
         config = {"cache_registry": cache.host, "settings": {"pull_timeout_secs": 60}}
-        failed_exit, failed_report, failed_text = run_with_metrics(
-            {**config, "images": [*images, missing]}, tmp_path, "failed")
-        ok_exit, ok_report, ok_text = run_with_metrics({**config, "images": images}, tmp_path, "ok")
-    assert failed_exit == 1 and ok_exit == 0, (failed_report, ok_report)
-    assert [r["action"] for r in failed_report["results"]] == ["pulled", "pulled", "failed"], failed_report
-    assert [r["action"] for r in ok_report["results"]] == ["already_cached", "already_cached"], ok_report
+        runs = {
+            "failed": run_image_sync({**config, "images": [*images, missing]}, tmp_path, "failed"),
+            "shard": run_image_sync({**config, "images": images}, tmp_path, "shard",
+                                    "--shard", "0/1", "--pushgateway", pushgateway.url),
+            "ok": run_image_sync({**config, "images": images}, tmp_path, "ok",
+                                 "--pushgateway", pushgateway.url),
+        }
+        # Until Prometheus has scraped both pushed groups (bounded).
+        deadline = time.monotonic() + 60
+        while len(prometheus.query('image_sync_last_success_timestamp_seconds{job="image_sync"}')) < 2:
+            assert time.monotonic() < deadline, f"Prometheus never scraped the pushes: {prometheus.log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield runs, prometheus
+
+
+def test_real_runs_write_every_metric_the_dashboard_queries(real_runs):
+    runs, _ = real_runs
+    assert [code for code, _, _ in runs.values()] == [1, 0, 0], {k: r for k, (_, r, _) in runs.items()}
+    assert [r["action"] for r in runs["failed"][1]["results"]] == ["pulled", "pulled", "failed"]
+    assert [r["action"] for r in runs["ok"][1]["results"]] == ["already_cached", "already_cached"]
+    failed_text, ok_text = runs["failed"][2], runs["ok"][2]
     assert re.search(r'^image_sync_tag_moved\{image="[^"]*demo/pinned",tag="moving"\} 1', ok_text, re.M), ok_text
     assert re.search(r'^image_sync_images\{action="failed"\} 1', failed_text, re.M), failed_text
     assert re.search(r'^image_sync_ratelimit_limit\{registry="[^"]+"\} 100', ok_text, re.M), ok_text
     assert re.search(r'^image_sync_last_success_timestamp_seconds ', ok_text, re.M), ok_text
-    written = metric_names(failed_text) | metric_names(ok_text)
+    written = set().union(*(metric_names(text) for _, _, text in runs.values()))
     not_written = queried_metrics() - written
     assert not not_written, f"the dashboard queries metrics the binary does not write: {not_written}\n{ok_text}"
     # Guards the guard: the names come from the files, not from the dashboard.
     assert "image_sync_no_such_metric" not in written and "image_sync_run_duration_seconds" in written
+
+
+@pytest.mark.parametrize("title,expr", panel_targets(), ids=[f"{t}: {e[:40]}" for t, e in panel_targets()])
+def test_dashboard_query_answers_from_pushed_runs(real_runs, title, expr):
+    # Metric names, label names and values (action, method, registry, image, tag, shard):
+    # every query finds the series a real CronJob run and a real shard pushed.
+    _, prometheus = real_runs
+    assert prometheus.query(expr), f"{title}: {expr} returns nothing"
+
+
+def test_pushed_runs_answer_the_panels_as_expected(real_runs):
+    _, prometheus = real_runs
+
+    def value(expr):
+        (sample,) = prometheus.query(expr)
+        return float(sample["value"][1])
+
+    age = value('time() - max(image_sync_last_success_timestamp_seconds{job="image_sync"})')
+    assert 0 <= age < 300
+    # The CronJob's group (no shard label) and the shard's are told apart.
+    assert value('max(image_sync_exit_code{job="image_sync",shard=""})') == 0
+    assert [s["metric"]["shard"] for s in prometheus.query('max by (shard) (image_sync_exit_code{job="image_sync",shard!=""})')] == ["0"]
+    assert value('count(max by (image, tag) (image_sync_tag_moved{job="image_sync"}) == 1) or vector(0)') == 1
+    remaining = prometheus.query('min by (registry) (image_sync_ratelimit_remaining{job="image_sync"})')
+    assert len(remaining) == 1 and 0 < float(remaining[0]["value"][1]) < QuotaHeaders.LIMIT
