@@ -382,23 +382,24 @@ def config_manifest(helm: Helm, tmp_path: Path, *values: str) -> Path:
     return path
 
 
+def check(*args: str) -> subprocess.CompletedProcess:
+    """`image-sync --check ARGS` with the real binary."""
+    return subprocess.run([str(binary()), "--check", *args], capture_output=True, text=True, timeout=60)
+
+
 def test_rendered_config_passes_binary_check(helm, tmp_path):
     # The binary reads the ConfigMap manifest itself (README, "Usage").
     manifest = config_manifest(helm, tmp_path)
-    proc = subprocess.run([str(binary()), "--check", "--config", str(manifest)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check("--config", str(manifest))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"
     # The pods' arguments (the Job's shards and extraArgs included) are the binary's.
     objects = render(helm, "--set-json", 'extraArgs=["--deadline", "200"]')
     for kind in ("CronJob", "Job"):
         args = pod(objects, kind)["containers"][0]["args"]
-        args = [str(manifest) if arg == "/etc/image-sync/config.yaml" else arg for arg in args]
-        proc = subprocess.run([str(binary()), "--check", *args], capture_output=True, text=True, timeout=60)
+        proc = check(*[str(manifest) if arg == "/etc/image-sync/config.yaml" else arg for arg in args])
         assert proc.returncode == 0, f"{kind} {args}: exit {proc.returncode}\n{proc.stderr}"
     # The schema leaves the config's details to the binary, which rejects a wrong type.
-    broken = config_manifest(helm, tmp_path, "--set-string", "config.settings.concurrency=two")
-    proc = subprocess.run([str(binary()), "--check", "--config", str(broken)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check("--config", str(config_manifest(helm, tmp_path, "--set-string", "config.settings.concurrency=two")))
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
     assert "concurrency" in proc.stderr, proc.stderr
 
