@@ -398,10 +398,11 @@ def test_rendered_config_passes_binary_check(helm, tmp_path):
         args = pod(objects, kind)["containers"][0]["args"]
         proc = check(*[str(manifest) if arg == "/etc/image-sync/config.yaml" else arg for arg in args])
         assert proc.returncode == 0, f"{kind} {args}: exit {proc.returncode}\n{proc.stderr}"
-    # The schema leaves the config's details to the binary, which rejects a wrong type.
-    proc = check("--config", str(config_manifest(helm, tmp_path, "--set-string", "config.settings.concurrency=two")))
+    # What no schema can say (one field against another) is left to the binary: a check
+    # timeout above the pull timeout renders, and image-sync refuses it.
+    proc = check("--config", str(config_manifest(helm, tmp_path, "--set", "config.settings.check_timeout_secs=600")))
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
-    assert "concurrency" in proc.stderr, proc.stderr
+    assert "check_timeout_secs" in proc.stderr, proc.stderr
 
 
 # (values, what the error must name)
@@ -418,6 +419,10 @@ BAD_VALUES = [
     (["--set", "cache.config.http.compat={}"], "compat"),
     (["--set", "monitoring.pushgateway.url=pushgateway:9091"], "url"),
     (["--set", "config.images=nginx"], "images"),
+    # The config itself, by the schema `image-sync config-schema` prints.
+    (["--set-string", "config.settings.concurrency=two"], "concurrency"),
+    (["--set", "config.settings.concurrenc=2"], "concurrenc"),
+    (["--set", "config.images[0].tag=--privileged"], "tag"),
     (["--set", "image.digest=sha256:abc"], "digest"),
 ]
 
