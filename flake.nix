@@ -39,24 +39,39 @@
           src = lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
 
-          nativeBuildInputs = [ pkgs.makeWrapper ];
+          nativeBuildInputs = [
+            pkgs.makeWrapper
+            pkgs.installShellFiles
+          ];
 
           # Only the unit tests run in the build sandbox. The end-to-end
           # tests (tests/e2e) start local registries and reach the network,
           # which the Nix sandbox forbids; CI runs them outside Nix.
           cargoTestFlags = lib.optional (builtins.pathExists ./src/lib.rs) "--lib" ++ [ "--bins" ];
 
-          # image-sync shells out to crane (primary) and skopeo (fallback):
-          # pin both next to the binary instead of trusting the caller's PATH.
-          postInstall = ''
-            wrapProgram $out/bin/${pname} \
-              --prefix PATH : ${
-                lib.makeBinPath [
-                  pkgs.crane
-                  pkgs.skopeo
-                ]
-              }
-          '';
+          # Completions and the man page come from the binary itself (clap_complete,
+          # clap_mangen), so they always match its flags; skipped when cross-compiling,
+          # where the build machine cannot run it.
+          postInstall =
+            lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
+              installShellCompletion --cmd ${pname} \
+                --bash <($out/bin/${pname} completions bash) \
+                --zsh <($out/bin/${pname} completions zsh) \
+                --fish <($out/bin/${pname} completions fish)
+              $out/bin/${pname} man > ${pname}.1
+              installManPage ${pname}.1
+            ''
+            # image-sync shells out to crane (primary) and skopeo (fallback):
+            # pin both next to the binary instead of trusting the caller's PATH.
+            + ''
+              wrapProgram $out/bin/${pname} \
+                --prefix PATH : ${
+                  lib.makeBinPath [
+                    pkgs.crane
+                    pkgs.skopeo
+                  ]
+                }
+            '';
 
           meta = {
             description = cargoToml.package.description or "Container image cache synchronizer";

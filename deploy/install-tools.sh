@@ -6,12 +6,16 @@
 #     pip installs, and may not have pip at all); run the checks with
 #     target/deploy-venv/bin/python -m pytest tests/deploy
 #   - kustomize, built from source with `go install` (needs Go >= 1.22)
+#   - helm, built from source with `go install` (the chart's lint, render, package, push)
 #   - nix-instantiate (Debian package nix-bin), for `nix-instantiate --parse`
 #     and the stub evaluation of flake.nix
-# Run from anywhere; prints the kustomize location for IMAGE_SYNC_REQUIRE_TOOLS=1 runs.
+# Run from anywhere; prints the kustomize and helm locations for IMAGE_SYNC_REQUIRE_TOOLS=1 runs.
 set -euo pipefail
 
 KUSTOMIZE_VERSION="v5.8.1"
+# Helm 4 (OCI charts, values.schema.json); a `go install` build reports only "v4.3" from
+# `helm version`, so the exact version is read from the binary's module information.
+HELM_VERSION="v4.3.2"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
@@ -48,6 +52,18 @@ else
     # Outside the repo so no go.mod/go.work of ours can interfere.
     (cd /tmp && GOFLAGS=-mod=mod go install -v "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION")
     echo "install-tools: installed kustomize $("$gobin/kustomize" version) in $gobin"
+fi
+
+# --- helm -----------------------------------------------------------------
+helm_module_version() {
+    go version -m "$gobin/helm" 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v4" {print $3}'
+}
+if [ -x "$gobin/helm" ] && [ "$(helm_module_version)" = "$HELM_VERSION" ]; then
+    echo "install-tools: helm $HELM_VERSION already in $gobin"
+else
+    echo "install-tools: go install helm $HELM_VERSION (downloads and compiles: a few minutes)"
+    (cd /tmp && go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION")
+    echo "install-tools: installed helm $(helm_module_version) in $gobin"
 fi
 
 # --- nix-instantiate ------------------------------------------------------

@@ -24,8 +24,37 @@ use crate::registry::{Toolbox, docker_hub};
 use crate::run::{partition, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
+/// The subcommands that print a document generated from image-sync's own definitions (the
+/// config schema, completions, the man page) and need no config; `None` for the others.
+fn print_generated(command: &cli::Command) -> Option<u8> {
+    use std::io::Write as _;
+    let text = match command {
+        cli::Command::ConfigSchema => {
+            let mut text = serde_json::to_vec_pretty(&input::schema::config_schema()).ok()?;
+            text.push(b'\n');
+            text
+        }
+        other => cli::generated_text(other)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&text).and_then(|()| stdout.flush()) {
+        Ok(()) => Some(exit::SUCCESS),
+        // `| head` closing the pipe early is the reader's choice, not a failure.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Some(exit::SUCCESS),
+        Err(err) => {
+            tracing::error!("cannot write to stdout: {err}");
+            Some(exit::IMAGES_FAILED)
+        }
+    }
+}
+
 /// Runs image-sync with parsed arguments and returns the process exit code.
 pub fn run(cli: &Cli) -> u8 {
+    if let Some(command) = &cli.command {
+        if let Some(code) = print_generated(command) {
+            return code;
+        }
+    }
     let plan = match load_plan(cli) {
         Ok(plan) => plan,
         Err(message) => {

@@ -67,6 +67,56 @@ pub enum Command {
     /// Write containerd `hosts.toml` mirror files, one per upstream registry of the config
     /// (and one for the cache's own address), so that nodes pull from the cache.
     HostsToml(HostsTomlArgs),
+    /// Print the config file's JSON Schema (draft 2020-12) on stdout, for editors
+    /// (`# yaml-language-server: $schema=...`) and CI checks.
+    ConfigSchema,
+    /// Print a shell completion script on stdout (`image-sync completions bash >
+    /// /etc/bash_completion.d/image-sync`).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout (`image-sync man > image-sync.1`).
+    Man,
+}
+
+/// `image-sync completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// The shells `image-sync completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// The text of a generated document about the command line itself: a completion script or
+/// the man page. Generated into memory so that a closed stdout is a write error to report,
+/// not a panic inside a generator.
+pub fn generated_text(command: &Command) -> Option<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match command {
+        Command::Completions(args) => {
+            let shell = match args.shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "image-sync", &mut out);
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .ok()?,
+        Command::HostsToml(_) | Command::ConfigSchema => return None,
+    }
+    Some(out)
 }
 
 /// `image-sync hosts-toml`.

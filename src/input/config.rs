@@ -15,7 +15,7 @@ use crate::input::reference::shorten;
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The config file as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `cache_registry`, `images` and optionally `settings` at the top level"
@@ -31,7 +31,8 @@ pub struct RawConfig {
 }
 
 /// One entry of `images`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Image")]
 #[serde(
     deny_unknown_fields,
     expecting = "an image: a mapping with `source`, `tag` and optionally `cache_as`"
@@ -62,7 +63,8 @@ pub struct RawImage {
 }
 
 /// `images[].tags`: which of the upstream's tags to keep cached (see `crate::input::tag_rules`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "TagRules")]
 #[serde(deny_unknown_fields)]
 pub struct RawTags {
     /// A version range (`">=1.27, <1.29"`).
@@ -79,7 +81,8 @@ pub struct RawTags {
 }
 
 /// `settings`, all optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Settings")]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping of settings such as `concurrency: 2` (see the README's Config section)"
@@ -150,6 +153,24 @@ impl<'de> serde::Deserialize<'de> for RawReserve {
             }
         }
         deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// By hand, as the type reads itself by hand: a whole number, or text holding a number or a
+/// percentage.
+impl schemars::JsonSchema for RawReserve {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QuotaReserve".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Pulls kept in reserve per metered registry: a count (`7`), or a percentage of the reported limit (`\"10%\"`, the default); `0` turns it off.",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+\\s*%?\\s*$" }
+            ]
+        })
     }
 }
 

@@ -7,5 +7,6 @@ pub mod config;
 pub mod pins;
 pub mod plan;
 pub mod reference;
+pub mod schema;
 pub mod shard;
 pub mod tag_rules;

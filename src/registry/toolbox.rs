@@ -48,7 +48,7 @@ impl Tool {
 }
 
 /// Who reads digests (`settings.digest_check`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DigestCheck {
     /// image-sync's own HEAD, handing to crane what it does not understand.

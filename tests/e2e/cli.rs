@@ -97,3 +97,81 @@ fn json_logs_are_one_object_per_line_on_stderr() {
         assert!(value.get("level").is_some(), "{line}");
     }
 }
+
+#[test]
+fn completions_man_page_and_schema_need_no_config() {
+    // No config file anywhere: these describe the program, not a run.
+    let missing = "/nonexistent/image-sync/config.yaml";
+    for shell in ["bash", "zsh", "fish"] {
+        let outcome = ImageSync::new()
+            .args(["--config", missing, "completions", shell])
+            .run();
+        outcome.expect_code(0);
+        for word in ["image-sync", "hosts-toml", "config-schema", "dry-run"] {
+            assert!(
+                outcome.stdout.contains(word),
+                "{shell} completions lack {word:?}:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+    let outcome = ImageSync::new()
+        .args(["--config", missing, "completions", "powershell"])
+        .run();
+    outcome.expect_code(2);
+
+    let outcome = ImageSync::new().args(["--config", missing, "man"]).run();
+    outcome.expect_code(0);
+    for text in [
+        ".TH image-sync 1",
+        "hosts\\-toml",
+        "\\-\\-dry\\-run",
+        "Exit codes:",
+    ] {
+        assert!(
+            outcome.stdout.contains(text),
+            "man page lacks {text:?}:\n{}",
+            outcome.stdout
+        );
+    }
+
+    let outcome = ImageSync::new()
+        .args(["--config", missing, "config-schema"])
+        .run();
+    outcome.expect_code(0);
+    let schema: serde_json::Value = serde_json::from_str(&outcome.stdout).expect("JSON schema");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["additionalProperties"], false);
+}
+
+#[test]
+fn bash_completes_subcommands_and_flags_from_the_generated_script() {
+    let outcome = ImageSync::new().args(["completions", "bash"]).run();
+    outcome.expect_code(0);
+    let run = ImageSync::new();
+    let script = run.write("image-sync.bash", outcome.stdout.as_bytes());
+    // Real bash sources the script and asks its completion function, as a shell would on
+    // `image-sync hos<TAB>` and `image-sync --dry<TAB>`.
+    let ask = |words: &str, current: usize| {
+        let program = format!(
+            "source {script}; COMP_WORDS=({words}); COMP_CWORD={current}; \
+             COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+             _image__sync image-sync \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script = script.display()
+        );
+        let output = std::process::Command::new("bash")
+            .args(["--norc", "-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let replies = ask("image-sync hos", 1);
+    assert_eq!(replies.trim(), "hosts-toml", "{replies}");
+    let replies = ask("image-sync --dry", 1);
+    assert_eq!(replies.trim(), "--dry-run", "{replies}");
+}
