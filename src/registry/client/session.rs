@@ -215,7 +215,8 @@ impl<'a> Session<'a> {
                 let text = match broken {
                     Broken::Other(text) => text.clone(),
                     Broken::Interrupted => "the connection broke".to_owned(),
-                    other => format!("{other:?}"),
+                    Broken::Dns(dns) => dns.to_string(),
+                    Broken::TimedOut | Broken::Refused => "no answer".to_owned(),
                 };
                 Refusal::Unhandled {
                     why: format!("{what}: {text}"),
