@@ -254,8 +254,9 @@ impl<E: Clone> Tokens<E> {
     /// one from `fetch`, which gets the scopes to ask for (this one first) and
     /// answers with the token and the lifetime the response gave (`None`: absent). After a
     /// refused (`stale`) token the request is for this scope alone, and a refused token
-    /// that covered several scopes makes every later request for the registry a
-    /// single-scope one. The caller bounds the wait.
+    /// that covered several scopes, or a failed request for several, makes every later
+    /// request for the registry a single-scope one. A failed request answers every scope it
+    /// was made for (once). The caller bounds the wait.
     pub async fn get<F, Fut>(
         &self,
         host: &str,
@@ -340,6 +341,9 @@ impl<E: Clone> Tokens<E> {
                 Ok(token.value)
             }
             Err(failure) => {
+                // A registry that refuses a request for several scopes may take them one by
+                // one: the retries (and every later request) ask for one scope.
+                state.one_scope |= batch.len() > 1;
                 for other in batch.into_iter().skip(1) {
                     state.failed.insert(other, (number, failure.clone()));
                 }
@@ -577,8 +581,8 @@ mod tests {
         assert!(TokenResponse::parse(b"<html>").is_none());
     }
 
-    type Fetched = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(String, Option<Duration>), ()>> + Send>,
+    type Fetched<E = ()> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(String, Option<Duration>), E>> + Send>,
     >;
 
     fn counting_fetch(
@@ -721,6 +725,19 @@ mod tests {
         assert!(tokens.current("reg", "a").is_some());
     }
 
+    fn counting_err(
+        scopes: &Arc<Mutex<Vec<Vec<String>>>>,
+    ) -> impl FnOnce(Vec<String>) -> Fetched<&'static str> + use<> {
+        let scopes = Arc::clone(scopes);
+        move |asked: Vec<String>| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                scopes.lock().expect("lock").push(asked);
+                Err("html")
+            })
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_request_answers_every_repository_it_was_made_for_once() {
         let tokens = Tokens::<&'static str>::default();
@@ -749,6 +766,17 @@ mod tests {
             calls.load(std::sync::atomic::Ordering::SeqCst),
             2,
             "one for a, one for b and c together"
+        );
+        let scopes = Arc::new(Mutex::new(Vec::new()));
+        let (d, e) = tokio::join!(tokens.get("reg", "d", None, counting_err(&scopes)), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokens.get("reg", "e", None, counting_err(&scopes)).await
+        });
+        assert!(d.is_err() && e.is_err());
+        assert_eq!(
+            *scopes.lock().expect("lock"),
+            [vec!["d"], vec!["e"]],
+            "after a failed request for several scopes, one scope per request"
         );
     }
 }
