@@ -211,13 +211,14 @@ fn huge_and_malformed_challenges_end_in_typed_failures() {
 }
 
 /// Tag lists whose `Link: rel="next"` points at the same page, at another host, or is 60 KB
-/// of garbage: the first two end their entry with a failure that says why (after one page,
-/// not a thousand), the third ends the listing with the tags read.
+/// of garbage, and a 9 MiB page: the loop, the other host and the page's size end their
+/// entry with a failure that says why (after one page, not a thousand), the garbage link
+/// ends the listing with the tags read.
 #[test]
 fn hostile_link_headers_end_the_listing_after_one_page() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
-    for repo in ["links/same", "links/away", "links/junk"] {
+    for repo in ["links/same", "links/away", "links/junk", "links/big"] {
         image::push_singles(&p.tools, &up, &[repo]);
     }
     let page = |link: &str| {
@@ -234,12 +235,30 @@ fn hostile_link_headers_end_the_listing_after_one_page() {
     let junk_link = format!("{}; rel=\"next\"", "x".repeat(60_000));
     let junk = FaultProxy::start(up.clone())
         .rule(Rule::new("GET", "/tags/list").respond(page(&junk_link)));
+    let big_page = format!(
+        r#"{{"name":"x","tags":["{}"]}}"#,
+        "a".repeat(9 * 1024 * 1024)
+    );
+    let big = FaultProxy::start(up.clone()).rule(
+        Rule::new("GET", "/tags/list").respond(
+            Fault::status(200)
+                .header("Content-Type", "application/json")
+                .body(big_page),
+        ),
+    );
+    let entries: String = [&same, &away, &junk, &big]
+        .iter()
+        .zip(["same", "away", "junk", "big"])
+        .map(|(proxy, name)| {
+            format!(
+                "  - {{source: \"{}/links/{name}\", tags: {{regex: '.*'}}}}\n",
+                proxy.host()
+            )
+        })
+        .collect();
     let yaml = format!(
-        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{}/links/same\", tags: {{regex: '.*'}}}}\n  - {{source: \"{}/links/away\", tags: {{regex: '.*'}}}}\n  - {{source: \"{}/links/junk\", tags: {{regex: '.*'}}}}\nsettings:\n  check_timeout_secs: 10\n  retries: 0\n",
-        p.cache.host(),
-        same.host(),
-        away.host(),
-        junk.host()
+        "cache_registry: \"{}\"\nimages:\n{entries}settings:\n  check_timeout_secs: 10\n  retries: 0\n",
+        p.cache.host()
     );
     let run = ImageSync::new()
         .config(&yaml)
@@ -262,6 +281,12 @@ fn hostile_link_headers_end_the_listing_after_one_page() {
         errors
             .iter()
             .any(|error| error.contains("is on another host")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("a tag-list page larger than 8 MiB")),
         "{errors:?}"
     );
     assert!(
