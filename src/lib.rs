@@ -20,7 +20,7 @@ use crate::input::plan::{self, Plan};
 use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
-use crate::registry::{Toolbox, hub_key};
+use crate::registry::{Toolbox, docker_hub};
 use crate::run::{partition, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
@@ -107,7 +107,7 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
         plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
     }
     // At --check and at the start of a run: crane would go anonymous without a word.
-    if let Some(warning) = hub_key::check_docker_config() {
+    if let Some(warning) = docker_hub::check_docker_config() {
         tracing::warn!("{warning}");
     }
     Ok(plan)
@@ -147,6 +147,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         tracing::info!(shard = %shard, images = plan.jobs.len(), of = total, "this run syncs one shard");
     }
     announce(plan, &toolbox, dry_run);
+    // Token requests then cover the repositories the next checks need (16 scopes each).
+    toolbox.expect(plan.jobs.iter().flat_map(|job| [&job.target, &job.source]));
 
     let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;

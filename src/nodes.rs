@@ -214,7 +214,7 @@ fn host_entry(url: &str, override_path: bool) -> String {
 /// The upstream registry's own endpoint, as containerd would use it without a file.
 fn upstream_server(host: &str, plan: &Plan) -> String {
     if host == DOCKER_HUB {
-        return "https://registry-1.docker.io".to_owned();
+        return format!("https://{}", crate::registry::docker_hub::API_HOST);
     }
     let (name, _) = reference::split_port(host);
     let plain = plan.settings.insecure_registries.contains(host)

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// The registry host that short names (`nginx`, `team/app`) resolve to.
-pub const DOCKER_HUB: &str = "docker.io";
+pub use crate::registry::docker_hub::HOST as DOCKER_HUB;
 
 /// Longest repository name (`host/path`) the distribution grammar accepts.
 pub const MAX_NAME_LEN: usize = 255;
@@ -139,7 +139,7 @@ impl Repository {
             return Err(ReferenceError::TagInSource(shorten(tag)));
         }
         validate_path(rest)?;
-        let host = if host == "index.docker.io" || host == "registry-1.docker.io" {
+        let host = if crate::registry::docker_hub::is_alias(&host) {
             DOCKER_HUB.to_owned()
         } else {
             host

@@ -11,24 +11,29 @@
 //! exact key wins, else a key whose host name matches; `auth` (base64 `user:password`)
 //! wins over separate `username`/`password` fields.
 //!
+//! Credential helpers run once per (helper, key) per run, each in a task of its own (bounded
+//! by 20 s), so that helpers for different keys run in parallel and no lock is held while
+//! one runs; every lookup waits for the answer only until its own deadline, and a timeout
+//! names the helper.
+//!
 //! Identity tokens (OAuth2 refresh tokens) are left to crane ([`Lookup::Delegate`]).
 //! Credentials are never logged or formatted.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::input::reference::DOCKER_HUB;
-use crate::process::{self, CommandSpec};
+use super::docker_hub;
+use super::failure::{Class, Failure, Side};
+use crate::process::{self, CommandSpec, RunError};
 
-/// The key Docker Hub credentials must have (crane ignores `docker.io`).
-pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
-
-/// Bound on one credential helper run.
+/// Bound on one credential helper run (it goes on for later lookups after the lookup that
+/// started it gave up at its own deadline).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A user name and password (or token) for basic auth and token requests.
@@ -138,9 +143,17 @@ pub struct Keyring {
     config: RawConfig,
     /// The file exists but crane would refuse it (not JSON, a bad `auth`).
     unreadable: bool,
-    /// Credential helper answers by (helper, server key), run once per run.
-    helper_answers: tokio::sync::Mutex<HashMap<(String, String), Option<RawAuth>>>,
+    /// Credential helper answers by (helper, server key): each helper runs once per key per
+    /// run, in a task of its own; lookups wait on the channel.
+    helper_answers: Mutex<HashMap<(String, String), HelperAnswer>>,
 }
+
+/// A credential helper's answer once it came: credentials, nothing (`None`: anonymous), or
+/// a failure naming the helper.
+type Answered = Result<Option<RawAuth>, Failure>;
+
+/// A credential helper run that may still be going on.
+type HelperAnswer = tokio::sync::watch::Receiver<Option<Answered>>;
 
 impl Keyring {
     /// The credentials crane would find in this environment.
@@ -177,7 +190,7 @@ impl Keyring {
             document,
             config: config.unwrap_or_default(),
             unreadable,
-            helper_answers: tokio::sync::Mutex::new(HashMap::new()),
+            helper_answers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,42 +199,45 @@ impl Keyring {
         self.path.as_deref()
     }
 
-    /// The credentials for `repository` on `host`, as crane would find them.
-    pub async fn lookup(&self, host: &str, repository: &str) -> Lookup {
-        self.lookup_keys(host, Some(repository)).await
+    /// The credentials for `repository` on `host`, as crane would find them, by
+    /// `deadline` (a credential helper that has not answered by then is a failure naming
+    /// it).
+    pub async fn lookup(
+        &self,
+        host: &str,
+        repository: &str,
+        deadline: Instant,
+    ) -> Result<Lookup, Failure> {
+        self.lookup_keys(host, Some(repository), deadline).await
     }
 
     /// The credentials for a registry as a whole (its registry key only), as crane finds
     /// them for a reference on it that no repository key matches.
-    pub async fn lookup_registry(&self, host: &str) -> Lookup {
-        self.lookup_keys(host, None).await
+    pub async fn lookup_registry(&self, host: &str, deadline: Instant) -> Result<Lookup, Failure> {
+        self.lookup_keys(host, None, deadline).await
     }
 
-    async fn lookup_keys(&self, host: &str, repository: Option<&str>) -> Lookup {
+    async fn lookup_keys(
+        &self,
+        host: &str,
+        repository: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Lookup, Failure> {
         if self.unreadable {
-            return Lookup::Delegate;
+            return Ok(Lookup::Delegate);
         }
-        let registry = if host == DOCKER_HUB {
-            "index.docker.io"
-        } else {
-            host
-        };
-        let registry_key = if registry == "index.docker.io" {
-            DOCKER_HUB_KEY
-        } else {
-            registry
-        };
+        let (registry, registry_key) = docker_hub::credential_names(host);
         let repository_key = repository.map(|repository| format!("{registry}/{repository}"));
         for key in repository_key.into_iter().chain([registry_key.to_owned()]) {
             let entry = match self.source(&key) {
-                Source::Helper(helper) => self.ask_helper(helper, &key).await,
+                Source::Helper(helper) => self.ask_helper(helper, &key, deadline).await?,
                 Source::Entry(entry) => entry.cloned(),
             };
             if let Some(lookup) = entry.as_ref().and_then(to_lookup) {
-                return lookup;
+                return Ok(lookup);
             }
         }
-        Lookup::Anonymous
+        Ok(Lookup::Anonymous)
     }
 
     fn source(&self, key: &str) -> Source<'_> {
@@ -244,16 +260,52 @@ impl Keyring {
         }))
     }
 
-    /// Runs `docker-credential-HELPER get` with the server key on stdin, once per run.
-    async fn ask_helper(&self, helper: &str, key: &str) -> Option<RawAuth> {
-        let mut answers = self.helper_answers.lock().await;
-        let cache_key = (helper.to_owned(), key.to_owned());
-        if let Some(answer) = answers.get(&cache_key) {
-            return answer.clone();
+    /// The answer of `docker-credential-HELPER get` for the server key: the helper runs
+    /// once per key per run, in a task of its own (so that no lock is held while it runs and
+    /// helpers for other keys run in parallel); this lookup waits for it until `deadline`.
+    async fn ask_helper(
+        &self,
+        helper: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<RawAuth>, Failure> {
+        let mut answer = {
+            let mut answers = self
+                .helper_answers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            answers
+                .entry((helper.to_owned(), key.to_owned()))
+                .or_insert_with(|| {
+                    let (send, receive) = tokio::sync::watch::channel(None);
+                    let (helper, key) = (helper.to_owned(), key.to_owned());
+                    tokio::spawn(async move {
+                        let answered = run_helper(&helper, &key).await;
+                        let _ = send.send(Some(answered));
+                    });
+                    receive
+                })
+                .clone()
+        };
+        let waited =
+            tokio::time::timeout_at(deadline.into(), answer.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(answered)) => answered.clone().unwrap_or(Ok(None)),
+            Ok(Err(_)) => Err(helper_failure(
+                helper,
+                key,
+                "stopped without an answer",
+            )),
+            Err(_) => Err(Failure::new(
+                Class::TimedOut,
+                format!(
+                    "credential helper docker-credential-{helper} gave no answer for `{}` within this step's deadline (it goes on, at most {} s, for later steps)",
+                    crate::input::reference::shorten(key),
+                    HELPER_TIMEOUT.as_secs()
+                ),
+            )
+            .on(Side::Local, None)),
         }
-        let answer = run_helper(helper, key).await;
-        answers.insert(cache_key, answer.clone());
-        answer
     }
 
     /// Writes a private copy of the credentials in which `alias` (the IP literal a copy
@@ -344,11 +396,26 @@ fn decode_auth(auth: &str) -> Option<(String, String)> {
     })
 }
 
+/// A credential helper that did not answer, as a failure of this machine naming it.
+fn helper_failure(helper: &str, key: &str, what: &str) -> Failure {
+    Failure::new(
+        Class::Local,
+        format!(
+            "credential helper docker-credential-{helper} {what} for `{}`",
+            crate::input::reference::shorten(key)
+        ),
+    )
+    .on(Side::Local, None)
+}
+
 /// The credential helper protocol: `docker-credential-NAME get`, server on stdin, JSON
-/// `{"Username": ..., "Secret": ...}` on stdout. `None` when it has nothing (or fails:
-/// crane then goes anonymous too, or fails the same way).
-async fn run_helper(helper: &str, key: &str) -> Option<RawAuth> {
-    let program = super::find_on_path(&format!("docker-credential-{helper}"))?;
+/// `{"Username": ..., "Secret": ...}` on stdout. `Ok(None)` when it has nothing (or is not
+/// installed, or fails: crane then goes anonymous too, or fails the same way); a helper
+/// that runs past [`HELPER_TIMEOUT`] is a failure naming it.
+async fn run_helper(helper: &str, key: &str) -> Answered {
+    let Some(program) = super::find_on_path(&format!("docker-credential-{helper}")) else {
+        return Ok(None);
+    };
     let spec = CommandSpec {
         program,
         args: vec!["get".to_owned()],
@@ -357,13 +424,26 @@ async fn run_helper(helper: &str, key: &str) -> Option<RawAuth> {
         timeout: HELPER_TIMEOUT,
     };
     let (_never, cancel) = tokio::sync::watch::channel(false);
-    let finished = process::run(&spec, &cancel).await.ok()?;
+    let finished = match process::run(&spec, &cancel).await {
+        Ok(finished) => finished,
+        Err(RunError::TimedOut(_)) => {
+            return Err(Failure::timed_out(
+                HELPER_TIMEOUT,
+                format!(
+                    "credential helper docker-credential-{helper} for `{}`",
+                    crate::input::reference::shorten(key)
+                ),
+            )
+            .on(Side::Local, None));
+        }
+        Err(_) => return Ok(None),
+    };
     if !finished.success() {
         tracing::debug!(
             helper,
             "credential helper has no credentials for this registry"
         );
-        return None;
+        return Ok(None);
     }
     #[derive(Deserialize)]
     struct Answer {
@@ -372,8 +452,10 @@ async fn run_helper(helper: &str, key: &str) -> Option<RawAuth> {
         #[serde(rename = "Secret", default)]
         secret: String,
     }
-    let answer: Answer = serde_json::from_slice(&finished.stdout).ok()?;
-    Some(if answer.username == "<token>" {
+    let Ok(answer) = serde_json::from_slice::<Answer>(&finished.stdout) else {
+        return Ok(None);
+    };
+    Ok(Some(if answer.username == "<token>" {
         RawAuth {
             identitytoken: Some(answer.secret),
             ..RawAuth::default()
@@ -384,7 +466,7 @@ async fn run_helper(helper: &str, key: &str) -> Option<RawAuth> {
             password: Some(answer.secret),
             ..RawAuth::default()
         }
-    })
+    }))
 }
 
 /// docker's `ConvertToHostname`: `https://host:5000/v1/` -> `host:5000`.
@@ -413,7 +495,8 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(keyring.lookup(host, repository))
+            .block_on(keyring.lookup(host, repository, Instant::now() + Duration::from_secs(5)))
+            .expect("no helper fails")
     }
 
     #[test]

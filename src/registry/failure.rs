@@ -69,6 +69,10 @@ pub enum Class {
     Local,
     /// The cache holds a different digest after the copy.
     DigestDrift,
+    /// The registry's answer cannot be used: malformed, truncated, or beyond every bound a
+    /// real one keeps (a 50 MB manifest, a tag list that pages forever). Final: asking
+    /// again gets the same answer.
+    Malformed,
     /// Not attempted: the registry's circuit breaker tripped earlier in this run.
     Skipped,
     /// Anything else.
@@ -115,6 +119,7 @@ impl Class {
             Self::ToolFailed => "the tool failed",
             Self::Local => "local error",
             Self::DigestDrift => "digest drift",
+            Self::Malformed => "malformed answer",
             Self::Skipped => "skipped",
             Self::Other => "failed",
         }

@@ -49,14 +49,25 @@ pub fn rate_limit(headers: &HeaderMap) -> Option<(RateLimit, Option<String>)> {
     ))
 }
 
-/// `100;w=21600` -> (100, Some(21600)); `87` -> (87, None).
+/// Largest count or window a rate-limit header is taken to mean: a registry that claims more
+/// (or a number past `u64`) is not believed past it, so that no arithmetic on it overflows.
+const MAX_RATE_LIMIT_VALUE: u64 = u32::MAX as u64;
+
+/// `100;w=21600` -> (100, Some(21600)); `87` -> (87, None). Counts and windows are capped
+/// at [`MAX_RATE_LIMIT_VALUE`].
 fn parse_count(value: &str) -> Option<(u64, Option<u64>)> {
     let mut parts = value.split(';');
-    let count = parts.next()?.trim().parse().ok()?;
+    let count = parts
+        .next()?
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        .min(MAX_RATE_LIMIT_VALUE);
     let window = parts.find_map(|part| {
         part.trim()
             .strip_prefix("w=")
-            .and_then(|secs| secs.trim().parse().ok())
+            .and_then(|secs| secs.trim().parse::<u64>().ok())
+            .map(|secs| secs.min(MAX_RATE_LIMIT_VALUE))
     });
     Some((count, window))
 }

@@ -9,7 +9,6 @@
 //! message names both ends.
 
 use super::failure::{Class, Failure, Side};
-use crate::input::reference::DOCKER_HUB;
 
 /// The registries one command talks to, as the config names them.
 #[derive(Debug, Clone, Copy)]
@@ -230,12 +229,7 @@ fn skopeo_phase_side(lower: &str, ends: Ends<'_>) -> Option<Side> {
 /// `docker.io` is served as `index.docker.io` and `registry-1.docker.io`, its tokens by
 /// `auth.docker.io`.
 fn same_registry(configured: &str, seen: &str) -> bool {
-    let hub = |host: &str| {
-        matches!(
-            host,
-            DOCKER_HUB | "index.docker.io" | "registry-1.docker.io" | "auth.docker.io"
-        )
-    };
+    let hub = crate::registry::docker_hub::serves;
     configured.eq_ignore_ascii_case(seen) || (hub(configured) && hub(seen))
 }
 
@@ -479,6 +473,7 @@ pub fn skopeo_error_line(stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::docker_hub::HOST as DOCKER_HUB;
 
     const UP: &str = "127.0.0.1:5599";
     const CACHE: &str = "cache.local:5000";

@@ -130,16 +130,23 @@ impl Toolbox {
     ) -> Self {
         let keyring = Arc::new(Keyring::discover());
         let ledger = Arc::new(Ledger::new(reserve));
+        let lookup_deadline = Instant::now() + Duration::from_secs(30);
         let literal_auth = match tls.cache_literal() {
-            Some(literal) => match keyring.lookup_registry(cache_host).await {
-                Lookup::Basic(basic) => match keyring.private_config_with_alias(literal, &basic) {
-                    Ok(dir) => Some(dir),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot write the private credentials file for the cache's address; copies to it go anonymous");
-                        None
+            Some(literal) => match keyring.lookup_registry(cache_host, lookup_deadline).await {
+                Ok(Lookup::Basic(basic)) => {
+                    match keyring.private_config_with_alias(literal, &basic) {
+                        Ok(dir) => Some(dir),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot write the private credentials file for the cache's address; copies to it go anonymous");
+                            None
+                        }
                     }
-                },
-                _ => None,
+                }
+                Ok(_) => None,
+                Err(failure) => {
+                    tracing::warn!(cause = %failure, "cannot read the cache's credentials for its address; copies to it go anonymous");
+                    None
+                }
             },
             None => None,
         };
@@ -153,6 +160,13 @@ impl Toolbox {
             tls,
             ledger,
             literal_auth,
+        }
+    }
+
+    /// Repositories this run will check, in the order it will (see [`Client::expect`]).
+    pub fn expect<'r>(&self, repositories: impl IntoIterator<Item = &'r Repository>) {
+        if let Some(client) = &self.client {
+            client.expect(repositories);
         }
     }
 

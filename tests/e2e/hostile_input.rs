@@ -410,7 +410,7 @@ fn parse_and_resolve(bytes: &[u8]) -> Option<Result<Plan, plan::PlanError>> {
 /// seed to `tests/proptest-regressions/hostile_input.txt` (commit it) and replays every seed
 /// there before drawing new cases. `PROPTEST_RNG_SEED` (set by `scripts/test`) fixes the
 /// draw, so a CI failure reproduces with the same variable locally.
-fn persisted(cases: u32) -> ProptestConfig {
+pub(crate) fn persisted(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(

@@ -6,6 +6,7 @@ mod config_errors;
 mod fault_proxy;
 mod first_hour;
 mod hostile_input;
+mod hostile_registry;
 mod nodes;
 mod pins;
 mod quota;

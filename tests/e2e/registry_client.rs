@@ -69,6 +69,28 @@ fn crane_wrapper(dir: &Path, crane: &Path, before: &str) -> String {
     )
 }
 
+/// A credential helper `docker-credential-NAME` (the script) in `dir/bin` and a Docker config
+/// in `dir/docker` that names it: the PATH and `DOCKER_CONFIG` to run with.
+fn credential_helper(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    config: serde_json::Value,
+) -> (String, std::path::PathBuf) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    write_script(&bin.join(format!("docker-credential-{name}")), script);
+    let docker_dir = dir.join("docker");
+    std::fs::create_dir_all(&docker_dir).expect("docker dir");
+    std::fs::write(docker_dir.join("config.json"), config.to_string()).expect("config");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, docker_dir)
+}
+
 fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -358,37 +380,72 @@ fn concurrent_checks_of_one_repository_share_one_token() {
     assert_eq!(p.upstream.counts().manifest_gets, 0);
 }
 
-/// Item 4: a HEAD without `Docker-Content-Digest` makes every check there a GET: counted
-/// per image (`check_gets`), warned once per host, done by image-sync itself.
+/// Issue 18 item 3: only a HEAD without `Docker-Content-Digest` falls back to a GET, for that
+/// answer (crane's rule): one such answer among five costs one GET, not five. A host is
+/// remembered as one whose HEADs never carry the digest only after three in a row (its
+/// later checks GET at once), with one warning that says so. Each check is image-sync's
+/// own, counted per image (`check_gets`).
 #[test]
-fn a_head_without_a_digest_costs_one_reported_get_and_one_warning() {
+fn a_head_without_a_digest_costs_a_get_for_that_answer_and_only_a_streak_is_remembered() {
     let Some(p) = pair() else { return };
     let up = p.upstream.host();
-    image::push_singles(&p.tools, &up, &["app/x", "app/y", "app/z"]);
+    let repos = ["app/v", "app/w", "app/x", "app/y", "app/z"];
+    image::push_singles(&p.tools, &up, &repos);
     let proxy = FaultProxy::start(up.clone());
-    let images: Vec<(String, &str)> = ["app/x", "app/y", "app/z"]
+    let images: Vec<(String, &str)> = repos
         .iter()
         .map(|repo| (format!("{}/{repo}", proxy.host()), "1"))
         .collect();
     let config = yaml(&p.cache.host(), &images, "  check_concurrency: 1\n");
     ImageSync::new().config(&config).run().expect_code(0);
+
+    // One HEAD in five lacks the digest.
+    proxy.add_rule(
+        Rule::new("HEAD", "/manifests/")
+            .attempts(1..=1)
+            .respond(Fault::StripDigest),
+    );
+    let before = p.upstream.counts();
+    let run = ImageSync::new().config(&config).run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), vec!["already_cached"; 5]);
+    let spent = p.upstream.counts() - before;
+    assert_eq!(
+        (spent.manifest_heads, spent.manifest_gets),
+        (5, 1),
+        "one GET, for the one answer without a digest"
+    );
+    assert_eq!(run.result(0)["check_gets"], 1);
+    for index in 1..5 {
+        assert_eq!(run.result(index)["check_gets"], 0);
+    }
+    assert!(
+        !run.stderr.contains("without Docker-Content-Digest"),
+        "no warning for one answer: {}",
+        run.stderr
+    );
+
+    // Every HEAD lacks it: after three in a row the host is remembered.
+    proxy.clear_rules();
     proxy.add_rule(Rule::new("HEAD", "/manifests/").respond(Fault::StripDigest));
     let before = p.upstream.counts();
     let run = ImageSync::new().config(&config).run();
     run.expect_code(0);
-    assert_eq!(run.actions(), vec!["already_cached"; 3]);
+    assert_eq!(run.actions(), vec!["already_cached"; 5]);
     let spent = p.upstream.counts() - before;
     assert_eq!(
         (spent.manifest_heads, spent.manifest_gets),
-        (1, 3),
-        "the host is remembered"
+        (3, 5),
+        "three HEADs in a row without a digest, then GETs only"
     );
-    for index in 0..3 {
+    for index in 0..5 {
         assert_eq!(run.result(index)["check_gets"], 1);
         assert_eq!(run.result(index)["tool"], "image-sync");
     }
     assert_eq!(
-        run.stderr.matches("without Docker-Content-Digest").count(),
+        run.stderr
+            .matches("3 manifest HEAD requests in a row without Docker-Content-Digest")
+            .count(),
         1,
         "{}",
         run.stderr
@@ -481,27 +538,15 @@ fn credential_helpers_and_the_registry_auth_file_are_found_like_crane() {
     let config = yaml(&cache.host(), &[(format!("{up}/app/helped"), "1")], "");
 
     // A helper named in credHelpers, found on PATH.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin");
     let asked = dir.path().join("asked");
-    write_script(
-        &bin.join("docker-credential-itest"),
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "itest",
         &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"reader\",\"Secret\":\"helper-s3cret\"}}' \"$server\"\n",
             asked.display()
         ),
-    );
-    let docker_dir = dir.path().join("docker");
-    std::fs::create_dir_all(&docker_dir).expect("docker dir");
-    std::fs::write(
-        docker_dir.join("config.json"),
-        serde_json::json!({"credHelpers": {up.clone(): "itest"}}).to_string(),
-    )
-    .expect("config");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+        serde_json::json!({"credHelpers": {up.clone(): "itest"}}),
     );
     let run = ImageSync::new()
         .config(&config)
@@ -796,4 +841,248 @@ fn crane_children_get_the_go_runtime_settings_unless_the_operator_set_them() {
         "the operator's setting wins"
     );
     assert_eq!(p.upstream.counts().manifest_gets, 2, "one copy each");
+}
+
+/// Issue 18 item 5: a token endpoint (here the cache's, which the probe before the fan-out
+/// asks first) whose `expires_in` is `u64::MAX` neither panics image-sync nor keeps the token
+/// for ever: the lifetime is capped and the run reports. (A dry run: crane and skopeo
+/// themselves refuse that token response, so a copy would fail in them.)
+#[test]
+fn a_token_that_claims_to_live_for_ever_is_capped_and_the_run_reports() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/forever"]);
+    let gate = FaultProxy::start_with_tokens(
+        p.cache.host(),
+        TokenAuth {
+            expires_in: Some(u64::MAX),
+            valid_for: Duration::from_secs(300),
+        },
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &gate.host(),
+            &[(format!("{up}/app/forever"), "1")],
+            "",
+        ))
+        .arg("--dry-run")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["would_pull"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["tool"], "image-sync");
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let tokens = gate
+        .requests()
+        .into_iter()
+        .filter(|seen| {
+            seen.user_agent.starts_with("image-sync/") && seen.path.starts_with("/token")
+        })
+        .count();
+    assert_eq!(tokens, 1, "the cache's token, used for its checks");
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
+
+/// Issue 18 item 8: credential helpers run under the check's deadline, once per key per
+/// run, in parallel for different keys, with no lock held while one runs. A helper slower
+/// than `check_timeout_secs` makes the first checks time out naming the helper (a local
+/// failure: no registry's breaker trips, so the cache probe does not fail every image);
+/// the retries find its answer. Every key was asked once.
+#[test]
+fn slow_credential_helpers_run_once_per_key_in_parallel_within_the_check_deadline() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/h1", "app/h2", "app/h3"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let asked = dir.path().join("asked");
+    let running = dir.path().join("running");
+    let overlap = dir.path().join("overlap");
+    std::fs::create_dir_all(&running).expect("running dir");
+    // Not found for every key, after 2 s; records how many helpers ran at once.
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "slowtest",
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {asked}\ntouch {running}/$$\nsleep 2\nls {running} | wc -l >> {overlap}\nrm -f {running}/$$\necho 'credentials not found in native keychain'\nexit 1\n",
+            asked = asked.display(),
+            running = running.display(),
+            overlap = overlap.display()
+        ),
+        serde_json::json!({"credsStore": "slowtest"}),
+    );
+    let images: Vec<(String, &str)> = ["app/h1", "app/h2", "app/h3"]
+        .iter()
+        .map(|repo| (format!("{up}/{repo}"), "1"))
+        .collect();
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &images,
+            "  check_timeout_secs: 3\n  retries: 3\n  check_concurrency: 4\n",
+        ))
+        .arg("--dry-run")
+        .env("PATH", &path)
+        .env("HOME", dir.path())
+        .env("DOCKER_CONFIG", &docker_dir)
+        .run();
+    run.expect_code(0);
+    assert_eq!(
+        run.actions(),
+        vec!["would_pull"; 3],
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(!run.stderr.contains("no scheme reached"), "{}", run.stderr);
+    let asked = std::fs::read_to_string(&asked).expect("the helper was asked");
+    let mut keys: Vec<&str> = asked.lines().collect();
+    let total = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(total, keys.len(), "each key once: {asked}");
+    let cache = p.cache.host();
+    for key in [
+        format!("{cache}/app/h1"),
+        cache.clone(),
+        format!("{up}/app/h1"),
+        format!("{up}/app/h2"),
+        format!("{up}/app/h3"),
+        up.clone(),
+    ] {
+        assert!(keys.contains(&key.as_str()), "{key} asked: {asked}");
+    }
+    let most_at_once = std::fs::read_to_string(&overlap)
+        .expect("overlap")
+        .lines()
+        .filter_map(|line| line.trim().parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_at_once >= 2,
+        "helpers for different keys ran in parallel"
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
+
+/// Issue 18 item 8: a helper that does not answer within the check's deadline fails that
+/// check with a timeout naming the helper, within the deadline (not the helper's own 20 s),
+/// and trips no breaker.
+#[test]
+fn a_credential_helper_past_the_deadline_fails_the_check_naming_it() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/hung-helper"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let (path, docker_dir) = credential_helper(
+        dir.path(),
+        "hangs",
+        "#!/bin/sh\nsleep 15\nexit 1\n",
+        serde_json::json!({"credHelpers": {up.clone(): "hangs"}}),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{up}/app/hung-helper"), "1")],
+            "  check_timeout_secs: 2\n  retries: 0\n",
+        ))
+        .arg("--dry-run")
+        .env("PATH", &path)
+        .env("HOME", dir.path())
+        .env("DOCKER_CONFIG", &docker_dir)
+        .run();
+    run.expect_code(1);
+    let error = error_of(&run, 0);
+    assert!(
+        error.starts_with("timed out: credential helper docker-credential-hangs gave no answer"),
+        "{error}"
+    );
+    let took = run.result(0)["duration_ms"].as_u64().expect("duration");
+    assert!(took < 5_000, "bounded by the check's deadline: {took} ms");
+    assert_eq!(p.upstream.counts().manifest_heads, 0, "nothing was sent");
+}
+
+/// Issue 18 item 10: a plain-HTTP registry listed in `insecure_registries` whose bearer
+/// realm is on its own host works when its manifest HEAD is slow (3 s): the HEAD that
+/// answered proves the scheme (no probe of the next one), and the realm rule sees the
+/// scheme the challenge came over.
+#[test]
+fn a_listed_plain_http_registry_with_its_own_realm_works_when_its_head_is_slow() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/slow"]);
+    let gate = FaultProxy::start_with_tokens(
+        up.clone(),
+        TokenAuth {
+            expires_in: Some(300),
+            valid_for: Duration::from_secs(300),
+        },
+    )
+    .rule(Rule::new("HEAD", "/manifests/").respond(Fault::delay_ms(3_000)));
+    let run = ImageSync::new()
+        .config(&yaml(
+            &p.cache.host(),
+            &[(format!("{}/app/slow", gate.host()), "1")],
+            &format!(
+                "  check_timeout_secs: 12\n  retries: 0\n  insecure_registries: [\"{}\"]\n",
+                gate.host()
+            ),
+        ))
+        .arg("--dry-run")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["would_pull"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["tool"], "image-sync");
+    assert!(!run.stderr.contains("is not HTTPS"), "{}", run.stderr);
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
+
+/// Issue 18, tokens: checks of many repositories behind a token-issuing registry share
+/// token requests (several repository scopes per request, at most 16), instead of one
+/// token per repository.
+#[test]
+fn checks_of_many_repositories_share_token_requests_of_bounded_scope() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let repos: Vec<String> = (0..24).map(|n| format!("team/r{n}")).collect();
+    let names: Vec<&str> = repos.iter().map(String::as_str).collect();
+    image::push_singles(&p.tools, &up, &names);
+    let gate = FaultProxy::start_with_tokens(
+        up.clone(),
+        TokenAuth {
+            expires_in: Some(300),
+            valid_for: Duration::from_secs(300),
+        },
+    );
+    let images: Vec<(String, &str)> = repos
+        .iter()
+        .map(|repo| (format!("{}/{repo}", gate.host()), "1"))
+        .collect();
+    let run = ImageSync::new()
+        .config(&yaml(&p.cache.host(), &images, "  check_concurrency: 8\n"))
+        .arg("--dry-run")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), vec!["would_pull"; 24]);
+    let token_requests: Vec<String> = gate
+        .requests()
+        .into_iter()
+        .filter(|seen| {
+            seen.user_agent.starts_with("image-sync/") && seen.path.starts_with("/token")
+        })
+        .map(|seen| seen.path)
+        .collect();
+    let scopes: Vec<usize> = token_requests
+        .iter()
+        .map(|path| path.matches("scope=").count())
+        .collect();
+    assert_eq!(
+        scopes.iter().sum::<usize>(),
+        24,
+        "every repository's scope once: {token_requests:?}"
+    );
+    assert!(scopes.iter().all(|&n| (1..=16).contains(&n)), "{scopes:?}");
+    assert!(
+        token_requests.len() <= 12,
+        "at most half as many token requests as repositories: {scopes:?}"
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
 }

@@ -1,24 +1,28 @@
-//! The OCI 1.1 referrers API, `GET /v2/<repo>/referrers/<digest>`, read with the client's
-//! scheme, credentials and tokens (a child of `client`, so it shares them without widening
-//! what `client` exports).
+//! The OCI 1.1 referrers API, `GET /v2/<repo>/referrers/<digest>`, through the client's
+//! session (scheme, credentials, tokens, deadline).
 //!
 //! The referrers index is not a manifest: its GET is not a pull of the image (Docker Hub
 //! meters manifest GETs). A registry without the API (Distribution 2.8, ghcr.io) answers 404
 //! for the route: [`Listed::Unsupported`], and the caller falls back to the referrers tag
-//! schema. Only the first page is read (registries page with `Link` only past hundreds).
+//! schema. Only the first page is read (registries page with `Link` only past hundreds); an
+//! index larger than a manifest may be, or listing more than [`MAX_REFERRERS`] artifacts, is
+//! refused as malformed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::ACCEPT;
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{
-    Auth, AuthKind, Check, Checked, Client, read_manifest, status_answer, transport_failure,
-};
-use crate::input::reference::{Digest, Repository, Tag};
-use crate::registry::credentials::Lookup;
+use super::core::Client;
+use super::manifest::MAX_MANIFEST_BYTES;
+use super::session::Request;
+use super::transport::{BodyError, read_capped};
+use crate::input::reference::{Digest, Repository};
 use crate::registry::failure::{Class, Failure, Side};
+
+/// Most artifacts one image's referrers index may list (signatures, attestations, SBOMs:
+/// a handful in practice).
+pub const MAX_REFERRERS: usize = 4096;
 
 /// One artifact whose `subject` is the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,165 +66,76 @@ impl Client {
         side: Side,
         budget: Duration,
     ) -> Listed {
-        let deadline = Instant::now() + budget;
-        let host = repository.host();
-        let failed = |class: Class, detail: String| {
-            Listed::Failed(Failure::new(class, detail).on(side, Some(host)))
+        let session = match self.session(repository, side, budget).await {
+            Ok(session) => session,
+            Err(refusal) => return Listed::Failed(refusal.into_failure()),
         };
-        let credentials = match self.keyring.lookup(host, repository.path()).await {
-            Lookup::Delegate => {
-                return failed(
-                    Class::Other,
-                    format!(
-                        "the referrers of {} need credentials only crane can use (an identity token or a helper it must judge)",
-                        repository.with_digest(subject)
-                    ),
+        let path = format!("/v2/{}/referrers/{subject}", repository.path());
+        let request = Request::new(
+            Method::GET,
+            &path,
+            "application/vnd.oci.image.index.v1+json",
+        );
+        let answer = match session.send(&request).await {
+            Ok(answer) => answer,
+            Err(refusal) => return Listed::Failed(refusal.into_failure()),
+        };
+        let what = answer.what.clone();
+        match answer.response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Listed::Unsupported,
+            status => {
+                return Listed::Failed(
+                    session
+                        .status_refusal(status, answer.response.headers(), &what)
+                        .into_failure(),
                 );
             }
-            Lookup::Anonymous => None,
-            Lookup::Basic(basic) => Some(basic),
-        };
-        // Messages and token scopes name the repository; the tag is the subject's tag-schema name.
-        let Ok(tag) = Tag::parse(&subject.as_str().replace(':', "-")) else {
-            return failed(Class::Other, format!("{subject} is not a digest"));
-        };
-        let check = Check {
-            repository,
-            tag: &tag,
-            side,
-            credentials: credentials.as_ref(),
-            budget,
-            want: super::Want::Digest,
-        };
-        // The image's own check ran first and found the scheme; else crane's order.
-        let Some(scheme) = self
-            .facts(host)
-            .scheme
-            .or_else(|| self.schemes_for(host).first().copied())
-        else {
-            return failed(Class::Other, format!("no scheme for {host}"));
-        };
-        let (client, base) = self.endpoint(scheme, host);
-        let url = format!("{base}/v2/{}/referrers/{subject}", repository.path());
-        let what = format!("GET {url}");
-        let mut stale = None;
-        // The request, then at most one round of authentication and the request again.
-        for round in 0..2 {
-            // What the image's own check learnt about the host's auth, or the challenge below.
-            let auth = match self
-                .known_auth(scheme, &check, stale.as_deref(), deadline)
-                .await
-            {
-                Ok(auth) => auth,
-                Err(checked) => return from_checked(checked, side, host),
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Listed::Failed(Failure::timed_out(budget, &what).on(side, Some(host)));
-            }
-            let mut request = client
-                .get(&url)
-                .header(ACCEPT, "application/vnd.oci.image.index.v1+json")
-                .timeout(left);
-            request = match &auth {
-                Some(Auth::Bearer(token)) => request.bearer_auth(token),
-                Some(Auth::Basic(basic)) => {
-                    request.basic_auth(&basic.username, Some(&basic.password))
-                }
-                None => request,
-            };
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(err) => {
-                    return match transport_failure(&err, &what, &check) {
-                        super::Attempt::Answer(checked) | super::Attempt::WrongScheme(checked) => {
-                            from_checked(checked, side, host)
-                        }
-                    };
-                }
-            };
-            match response.status() {
-                StatusCode::OK => {
-                    let Some(body) = read_manifest(response).await else {
-                        return failed(
-                            Class::Other,
-                            format!("{what}: the index could not be read"),
-                        );
-                    };
-                    return match parse_index(&body) {
-                        Some(referrers) => Listed::Supported(referrers),
-                        None => failed(
-                            Class::Other,
-                            format!("{what}: the answer is not an OCI index"),
-                        ),
-                    };
-                }
-                StatusCode::NOT_FOUND => return Listed::Unsupported,
-                StatusCode::UNAUTHORIZED if round == 0 => {
-                    match super::auth::challenge(response.headers()) {
-                        Some(super::auth::Challenge::Bearer { realm, service }) => {
-                            self.learn(host, |facts| {
-                                facts.auth = Some(AuthKind::Bearer { realm, service });
-                            });
-                            stale = match &auth {
-                                Some(Auth::Bearer(token)) => Some(token.clone()),
-                                _ => None,
-                            };
-                        }
-                        Some(super::auth::Challenge::Basic) if check.credentials.is_some() => {
-                            self.learn(host, |facts| facts.auth = Some(AuthKind::Basic));
-                        }
-                        _ => {
-                            return failed(
-                                Class::Unauthorized,
-                                format!("{what}: 401 Unauthorized"),
-                            );
-                        }
-                    }
-                }
-                status => {
-                    return from_checked(
-                        status_answer(status, response.headers(), &what, &check),
-                        side,
-                        host,
-                    );
-                }
-            }
         }
-        failed(
-            Class::Unauthorized,
-            format!("{what}: 401 Unauthorized after authenticating"),
-        )
+        let body = match read_capped(answer.response, MAX_MANIFEST_BYTES).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Listed::Failed(session.fail(
+                    Class::Malformed,
+                    format!(
+                        "{what}: the referrers index is larger than {} MiB: not read",
+                        MAX_MANIFEST_BYTES / (1024 * 1024)
+                    ),
+                ));
+            }
+            Err(BodyError::Broken(broken)) => {
+                return Listed::Failed(session.broken(&broken, &what).into_failure());
+            }
+        };
+        match parse_index(&body) {
+            Ok(referrers) => Listed::Supported(referrers),
+            Err(why) => Listed::Failed(session.fail(Class::Malformed, format!("{what}: {why}"))),
+        }
     }
 }
 
-/// A check's answer as a listing failure (an answer crane would have taken over for a
-/// digest check has no crane equivalent here: it is a failure of its own).
-fn from_checked(checked: Checked, side: Side, host: &str) -> Listed {
-    match checked {
-        Checked::Failed(failure) => Listed::Failed(failure),
-        Checked::Delegate(why) => {
-            Listed::Failed(Failure::new(Class::Other, why).on(side, Some(host)))
-        }
-        Checked::Digest { .. } => Listed::Failed(
-            Failure::new(
-                Class::Other,
-                "a digest where a referrers index was expected",
-            )
-            .on(side, Some(host)),
-        ),
+/// The referrers an OCI index lists, or why the body is not a usable one (not an index, a
+/// descriptor without a valid digest, more than [`MAX_REFERRERS`] artifacts).
+pub fn parse_index(body: &[u8]) -> Result<Vec<Referrer>, String> {
+    let index: Index =
+        serde_json::from_slice(body).map_err(|_| "the answer is not an OCI index".to_owned())?;
+    if index.manifests.len() > MAX_REFERRERS {
+        return Err(format!(
+            "the referrers index lists {} artifacts, more than the {MAX_REFERRERS} image-sync follows",
+            index.manifests.len()
+        ));
     }
-}
-
-/// The referrers an OCI index lists; `None` when the body is not one.
-pub fn parse_index(body: &[u8]) -> Option<Vec<Referrer>> {
-    let index: Index = serde_json::from_slice(body).ok()?;
     index
         .manifests
         .into_iter()
         .map(|descriptor| {
-            Some(Referrer {
-                digest: Digest::parse(&descriptor.digest)?,
+            Ok(Referrer {
+                digest: Digest::parse(&descriptor.digest).ok_or_else(|| {
+                    format!(
+                        "the referrers index lists `{}`, which is not a digest",
+                        crate::input::reference::shorten(&descriptor.digest)
+                    )
+                })?,
                 artifact_type: descriptor.artifact_type,
             })
         })
@@ -239,13 +154,21 @@ mod tests {
         );
         assert_eq!(
             parse_index(body.as_bytes()),
-            Some(vec![Referrer {
+            Ok(vec![Referrer {
                 digest: Digest::parse(&format!("sha256:{hex}")).expect("digest"),
                 artifact_type: Some("application/spdx+json".to_owned()),
             }])
         );
-        assert_eq!(parse_index(br#"{"manifests":[]}"#), Some(vec![]));
-        assert_eq!(parse_index(br#"{"manifests":[{"digest":"-rf"}]}"#), None);
-        assert_eq!(parse_index(b"<html>"), None);
+        assert_eq!(parse_index(br#"{"manifests":[]}"#), Ok(vec![]));
+        assert!(parse_index(br#"{"manifests":[{"digest":"-rf"}]}"#).is_err());
+        assert!(parse_index(b"<html>").is_err());
+        let many = format!(
+            r#"{{"manifests":[{}]}}"#,
+            vec![format!(r#"{{"digest":"sha256:{hex}"}}"#); MAX_REFERRERS + 1].join(",")
+        );
+        assert!(
+            parse_index(many.as_bytes()).is_err_and(|why| why.contains("more than the 4096")),
+            "too many"
+        );
     }
 }

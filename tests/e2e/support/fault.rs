@@ -211,7 +211,8 @@ impl Quota {
 
 /// A bearer-token gate in front of the registry, like Docker Hub's: every `/v2/` request
 /// without a live token gets a 401 challenge naming the proxy's own `/token` endpoint,
-/// which hands out tokens.
+/// which hands out tokens. A rule for `/token` (a stall, an HTML page) fires instead of the
+/// token endpoint.
 #[derive(Debug, Clone)]
 pub struct TokenAuth {
     /// `expires_in` in the token response (`None`: the field is left out).
@@ -560,6 +561,15 @@ impl Shared {
         (seen.len() - 1, fault)
     }
 
+    /// Whether a rule would fire for this request (without counting it as an attempt).
+    fn rule_fires(&self, method: &str, target: &str, request: &Head) -> bool {
+        let content_type = request.header("Content-Type");
+        lock(&self.rules).iter().any(|(rule, count)| {
+            rule.matches(method, target, content_type)
+                && (rule.first..=rule.last).contains(&(count + 1))
+        })
+    }
+
     /// Records a request the proxy answered itself (the token gate), outside the rules.
     fn record(&self, method: &str, target: &str, request: &Head, status: u16) {
         lock(&self.seen).push(Seen {
@@ -875,7 +885,11 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
             Framing::UntilClose => Framing::Length(0),
             framing => framing,
         };
-        if let Some(gate) = &shared.token_auth {
+        // A rule for the token endpoint (a hang, an HTML page) fires before the gate answers.
+        let token_rule = shared.token_auth.is_some()
+            && target.starts_with("/token")
+            && shared.rule_fires(&method, &target, &request);
+        if let (Some(gate), false) = (&shared.token_auth, token_rule) {
             if let Some(answer) = gate_answer(shared, gate, &method, &target, &request) {
                 copy_body(&mut reader, &mut io::sink(), request_framing)?;
                 client.write_all(&answer.0)?;

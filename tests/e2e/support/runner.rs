@@ -124,6 +124,41 @@ impl ImageSync {
         outcome(output)
     }
 
+    /// Runs the binary to completion, killing it (and failing the test) when it runs past
+    /// `limit`: for answers that must never make a run hang.
+    pub fn run_within(self, limit: std::time::Duration) -> Outcome {
+        let stdout_path = self.dir.path().join("bounded.stdout");
+        let stderr_path = self.dir.path().join("bounded.stderr");
+        // Files, not pipes: a child blocked on a full pipe would look like a hang.
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn image-sync");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("poll image-sync") {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "image-sync still running after {limit:?}; killed. stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        outcome(std::process::Output {
+            status,
+            stdout: std::fs::read(&stdout_path).expect("read stdout"),
+            stderr: std::fs::read(&stderr_path).expect("read stderr"),
+        })
+    }
+
     /// Starts the binary with piped output, for tests that signal the running process;
     /// finish with `runner::outcome(child.wait_with_output()?)`.
     pub fn spawn(&self) -> std::process::Child {

@@ -1,15 +1,59 @@
-//! The classic Docker Hub credentials mistake, caught before the cluster: a Docker config
-//! whose Docker Hub entry is keyed `docker.io` (or `registry-1.docker.io`,
-//! `index.docker.io`) instead of `https://index.docker.io/v1/`. crane looks Docker Hub up
-//! under that exact key only, ignores the others and pulls anonymously, under the much lower
-//! anonymous limit, without a word. image-sync warns at `--check` and at the start of a run.
+//! Docker Hub, in one place: the names it goes by (the config's `docker.io`, the API at
+//! `registry-1.docker.io`, `index.docker.io`, tokens from `auth.docker.io`, credentials
+//! under `https://index.docker.io/v1/`), and the classic credentials mistake caught before
+//! the cluster: a Docker config whose Docker Hub entry is keyed `docker.io` (or
+//! `registry-1.docker.io`, `index.docker.io`) instead of `https://index.docker.io/v1/`.
+//! crane looks Docker Hub up under that exact key only, ignores the others and pulls
+//! anonymously, under the much lower anonymous limit, without a word. image-sync warns at
+//! `--check` and at the start of a run.
 
 use std::path::Path;
 
-use crate::registry::credentials::{DOCKER_HUB_KEY, config_path, hostname_of};
+use crate::registry::credentials::{config_path, hostname_of};
 
-/// Host names that mean Docker Hub when written as a config key.
-const HUB_HOSTS: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io"];
+/// Docker Hub as configs and references name it (`nginx` means `docker.io/library/nginx`).
+pub const HOST: &str = "docker.io";
+
+/// Where Docker Hub's registry API answers (`docker.io` itself does not).
+pub const API_HOST: &str = "registry-1.docker.io";
+
+/// The legacy index name: the registry part of Docker Hub's credential keys.
+pub const INDEX_HOST: &str = "index.docker.io";
+
+/// Docker Hub's token service (its bearer realm).
+pub const AUTH_HOST: &str = "auth.docker.io";
+
+/// The key Docker Hub credentials must have (crane ignores `docker.io`).
+pub const CREDENTIALS_KEY: &str = "https://index.docker.io/v1/";
+
+/// Host names that mean Docker Hub in a reference or a config key.
+const ALIASES: &[&str] = &[HOST, INDEX_HOST, API_HOST];
+
+/// Whether a reference's host is another name of Docker Hub (normalised to [`HOST`]).
+pub fn is_alias(host: &str) -> bool {
+    ALIASES.contains(&host)
+}
+
+/// Whether `host` is one of the hosts that serve Docker Hub (its API, index or tokens):
+/// a tool's error naming any of them is Docker Hub's.
+pub fn serves(host: &str) -> bool {
+    is_alias(host) || host == AUTH_HOST
+}
+
+/// The host a registry's API is reached at: [`API_HOST`] for Docker Hub, else itself.
+pub fn api_host(host: &str) -> &str {
+    if host == HOST { API_HOST } else { host }
+}
+
+/// The registry part of a credential lookup (`index.docker.io` for Docker Hub, as docker
+/// writes repository keys) and the registry's own key ([`CREDENTIALS_KEY`] for Docker Hub).
+pub fn credential_names(host: &str) -> (&str, &str) {
+    if host == HOST {
+        (INDEX_HOST, CREDENTIALS_KEY)
+    } else {
+        (host, host)
+    }
+}
 
 /// A Docker config larger than this is not read for the warning (it would be a mistake, and
 /// crane reports it).
@@ -26,19 +70,19 @@ pub fn warning(bytes: &[u8]) -> Option<String> {
         let Some(entries) = config.get(section).and_then(serde_json::Value::as_object) else {
             continue;
         };
-        if entries.contains_key(DOCKER_HUB_KEY) {
+        if entries.contains_key(CREDENTIALS_KEY) {
             return None;
         }
         misplaced.extend(
             entries
                 .keys()
-                .filter(|key| HUB_HOSTS.contains(&hostname_of(key).to_ascii_lowercase().as_str()))
+                .filter(|key| is_alias(&hostname_of(key).to_ascii_lowercase()))
                 .map(|key| format!("`{section}.{}`", crate::input::reference::shorten(key))),
         );
     }
     (!misplaced.is_empty()).then(|| {
         format!(
-            "Docker Hub credentials are keyed {}, which crane ignores: Docker Hub pulls go anonymous, under the much lower anonymous limit. Re-key the entry as `{DOCKER_HUB_KEY}` (what `docker login` writes), e.g. `jq '.auths[\"{DOCKER_HUB_KEY}\"] = .auths[\"docker.io\"] | del(.auths[\"docker.io\"])'`; in a Kubernetes Secret, `kubectl create secret docker-registry --docker-server={DOCKER_HUB_KEY} ...`",
+            "Docker Hub credentials are keyed {}, which crane ignores: Docker Hub pulls go anonymous, under the much lower anonymous limit. Re-key the entry as `{CREDENTIALS_KEY}` (what `docker login` writes), e.g. `jq '.auths[\"{CREDENTIALS_KEY}\"] = .auths[\"docker.io\"] | del(.auths[\"docker.io\"])'`; in a Kubernetes Secret, `kubectl create secret docker-registry --docker-server={CREDENTIALS_KEY} ...`",
             misplaced.join(", ")
         )
     })
