@@ -389,3 +389,82 @@ fn kustomize_build_of_the_projects_k8s_pipes_into_discover() {
         "{images:?}"
     );
 }
+
+#[test]
+fn against_a_config_reports_uncovered_and_unused_with_exit_codes() {
+    let chart_images = "images:\n  - {source: busybox, tag: \"1.36\"}\n  - {source: docker.io/library/postgres, tag: \"16\"}\n  - {source: ghcr.io/example/shop, tag: \"2.4.1\", cache_as: shop}\n";
+    let rendered = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop}\nspec:\n  template:\n    spec:\n      initContainers: [{name: w, image: \"busybox:1.36\"}]\n      containers:\n        - {name: shop, image: \"cache.local:5000/mirror/shop:2.4.1\"}\n        - {name: db, image: \"postgres:16\"}\n";
+    // Everything covered: exit 0, empty arrays. The shop image names the cache directly
+    // (`cache_registry` + `cache_as`), the others their upstream names.
+    let run = ImageSync::new();
+    let config = run.write(
+        "config.yaml",
+        format!("cache_registry: cache.local:5000/mirror\n{chart_images}").as_bytes(),
+    );
+    let covered = with_stdin(
+        run.args(["discover", "--manifests", "-", "--against"])
+            .arg(&config),
+        rendered.as_bytes(),
+    );
+    covered.expect_code(0);
+    let report: Value = serde_json::from_str(&covered.stdout).expect("json");
+    assert_eq!(
+        report,
+        serde_json::json!({"uncovered": [], "unused": [], "invalid": []})
+    );
+
+    // One more workload image and one config entry nobody uses: exit 1.
+    let run = ImageSync::new();
+    let config = run.write(
+        "config.yaml",
+        format!(
+            "cache_registry: cache.local:5000/mirror\n{chart_images}  - {{source: redis, tag: \"7\"}}\n"
+        )
+        .as_bytes(),
+    );
+    let extra = format!(
+        "{rendered}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: extra}}\nspec:\n  containers: [{{name: a, image: \"alpine:3.20\"}}, {{name: b, image: \"${{IMAGE}}\"}}]\n"
+    );
+    let uncovered = with_stdin(
+        run.args(["discover", "--manifests", "-", "--against"])
+            .arg(&config),
+        extra.as_bytes(),
+    );
+    uncovered.expect_code(1);
+    let report: Value = serde_json::from_str(&uncovered.stdout).expect("json");
+    assert_eq!(
+        report["uncovered"],
+        serde_json::json!(["docker.io/library/alpine:3.20"])
+    );
+    assert_eq!(
+        report["unused"],
+        serde_json::json!(["docker.io/library/redis:7"])
+    );
+    assert_eq!(report["invalid"][0]["image"], "${IMAGE}");
+    assert_eq!(report["invalid"][0]["found_in"][0]["container"], "b");
+
+    // An invalid config: exit 2, nothing on stdout.
+    let run = ImageSync::new();
+    let config = run.write(
+        "config.yaml",
+        b"cache_registry: c\nimages:\n  - {source: \"Bad Name\", tag: x}\n",
+    );
+    let invalid = with_stdin(
+        run.args(["discover", "--manifests", "-", "--against"])
+            .arg(&config),
+        rendered.as_bytes(),
+    );
+    invalid.expect_code(2);
+    assert!(invalid.stdout.is_empty());
+    assert!(invalid.stderr.contains("Bad Name"), "{}", invalid.stderr);
+    let missing = ImageSync::new()
+        .args([
+            "discover",
+            "--manifests",
+            "-",
+            "--against",
+            "/nonexistent.yaml",
+        ])
+        .run();
+    missing.expect_code(2);
+}
