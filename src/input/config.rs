@@ -121,6 +121,19 @@ pub struct RawSettings {
     pub immutable_tags: Vec<String>,
     /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
     pub tag_page_size: Option<u64>,
+    /// `cluster`: each run also lists the cluster's workloads (read-only) and reports the
+    /// images no entry covers (default `off`; needs the coverage RBAC).
+    pub coverage: Option<CoverageMode>,
+}
+
+/// `settings.coverage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CoverageMode {
+    /// No coverage check (the default).
+    Off,
+    /// List the cluster's workloads through the in-cluster service account (or KUBECONFIG).
+    Cluster,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

@@ -116,6 +116,8 @@ pub struct Settings {
     pub immutable_tags: Vec<regex::Regex>,
     /// Tags per `tags/list` page (`n`).
     pub tag_page_size: u32,
+    /// `settings.coverage: cluster`: list the cluster's images and report the uncovered.
+    pub coverage: bool,
 }
 
 /// One thing wrong with the config.
@@ -451,6 +453,7 @@ fn resolve_settings(
         referrers_required: raw.referrers_required.unwrap_or(false),
         immutable_tags: Vec::new(),
         tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
+        coverage: raw.coverage == Some(crate::input::config::CoverageMode::Cluster),
     })
 }
 

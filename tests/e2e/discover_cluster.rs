@@ -365,3 +365,116 @@ fn an_identity_without_the_cluster_role_is_refused_with_what_to_grant() {
         run.stderr
     );
 }
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[test]
+fn a_sync_run_with_coverage_reports_the_clusters_uncovered_images() {
+    let Some(p) = crate::support::pair() else {
+        return;
+    };
+    let Some((plane, kubeconfig)) = cluster_with_workloads() else {
+        return;
+    };
+    let (up, cache) = (p.upstream.host(), p.cache.host());
+    crate::support::image::push_new(
+        &p.tools,
+        crate::support::image::Kind::Single,
+        "coverage",
+        &format!("{up}/team/app:1"),
+        crate::support::image::Format::Oci,
+    );
+    // Two more workloads: one pulls the synced image by its upstream name (through a
+    // mirror), one names the cache directly; both are covered by the one config entry.
+    plane.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mirrored, namespace: shop}}\nspec:\n  containers: [{{name: app, image: \"{up}/team/app:1\"}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: direct, namespace: shop}}\nspec:\n  containers: [{{name: app, image: \"{cache}/team/app:1\"}}]\n"
+    ));
+    let config = format!(
+        "cache_registry: \"{cache}\"\nimages:\n  - source: \"{up}/team/app\"\n    tag: \"1\"\nsettings:\n  check_timeout_secs: 20\n  pull_timeout_secs: 60\n  coverage: cluster\n"
+    );
+    let before_sync = p.upstream.counts();
+    let before_api = requests_by_image_sync(&plane).len();
+    let run = ImageSync::new().config(&config);
+    let metrics_dir = tempfile::tempdir().expect("metrics dir");
+    let metrics = metrics_dir.path().join("metrics.prom");
+    let run = run
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .env("KUBECONFIG", &kubeconfig)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"]);
+    assert_eq!(
+        run.report()["coverage"],
+        serde_json::json!({"images": 11, "uncovered": expected_images()})
+    );
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert_eq!(metric(&text, "image_sync_coverage_ok"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "image_sync_cluster_images"),
+        Some(11.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "image_sync_uncovered_images"),
+        Some(9.0),
+        "{text}"
+    );
+    // The sync itself: one HEAD and one GET of the upstream manifest for the copy.
+    let upstream = p.upstream.counts() - before_sync;
+    assert_eq!(upstream.manifest_gets, 1, "{upstream:?}");
+    // The API server saw one cluster-wide list per kind, nothing else.
+    let api = requests_by_image_sync(&plane).split_off(before_api);
+    assert_eq!(api.len(), 9, "{api:#?}");
+    assert!(api.iter().all(|(verb, _)| verb == "list"), "{api:#?}");
+
+    // `--coverage` (here through IMAGE_SYNC_COVERAGE) without the setting, with an
+    // identity the API server refuses: the coverage is unknown, the sync still succeeds
+    // (already cached: no manifest GET), and the gauge says so.
+    plane.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: unbound, namespace: image-cache}\n",
+    );
+    let token = plane.kubectl(&["create", "token", "unbound", "-n", "image-cache"]);
+    let unbound = plane.token_kubeconfig(
+        "unbound.kubeconfig",
+        String::from_utf8(token.stdout).expect("token").trim(),
+    );
+    let config = config.replace("  coverage: cluster\n", "");
+    let before_sync = p.upstream.counts();
+    let run = ImageSync::new().config(&config);
+    let metrics = metrics_dir.path().join("refused.prom");
+    let run = run
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .env("KUBECONFIG", &unbound)
+        .env("IMAGE_SYNC_COVERAGE", "true")
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["already_cached"]);
+    let coverage = &run.report()["coverage"];
+    assert!(coverage.get("images").is_none(), "{coverage}");
+    assert!(
+        coverage["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 403")),
+        "{coverage}"
+    );
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert_eq!(metric(&text, "image_sync_coverage_ok"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "image_sync_uncovered_images"), None, "{text}");
+    assert_eq!((p.upstream.counts() - before_sync).manifest_gets, 0);
+
+    // Coverage off (the default): no `coverage` in the report, no gauge, no API request.
+    let before_api = plane.audit_events().len();
+    let run = ImageSync::new()
+        .config(&config)
+        .env("KUBECONFIG", &kubeconfig)
+        .run();
+    run.expect_code(0);
+    assert!(run.report().get("coverage").is_none());
+    assert_eq!(plane.audit_events().len(), before_api);
+}
