@@ -731,7 +731,7 @@ def test_alert_rules_pass_promtool_check(tmp_path):
     proc = subprocess.run([promtool(), "check", "rules", str(rules_file(tmp_path))],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 rules found" in proc.stdout
+    assert "5 rules found" in proc.stdout
 
 
 def test_alert_rules_pass_promtool_unit_tests(tmp_path):
@@ -742,7 +742,8 @@ def test_alert_rules_pass_promtool_unit_tests(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rule = one(MONITORING_COMPONENT / "prometheusrule.yaml", "PrometheusRule")
     names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert names == {"ImageSyncFailed", "ImageSyncStale", "ImageSyncQuotaLow"}
+    assert names == {"ImageSyncFailed", "ImageSyncStale", "ImageSyncQuotaLow",
+                     "ImageSyncUncoveredImages", "ImageSyncCoverageUnknown"}
     tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
     assert tested == names, "every alert has a unit test"
 
