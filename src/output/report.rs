@@ -81,6 +81,10 @@ pub struct ImageResult {
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<String>,
+    /// The typed failure of a failed image (class, side, host): the metrics count failed
+    /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    #[serde(skip)]
+    pub failure: Option<crate::registry::Failure>,
 }
 
 /// Per image, in the report: what happened to its signature, attestation, SBOM and
@@ -216,6 +220,7 @@ mod tests {
             upstream_digest: None,
             skipped_check: None,
             selected_by: None,
+            failure: None,
         }
     }
 

@@ -100,6 +100,31 @@ impl Class {
         matches!(self, Self::RateLimited | Self::Unreachable)
     }
 
+    /// The class as a metric label (`image_sync_failures{class="manifest_unknown"}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ManifestUnknown => "manifest_unknown",
+            Self::NameUnknown => "name_unknown",
+            Self::Unauthorized => "unauthorized",
+            Self::Denied => "denied",
+            Self::RateLimited => "rate_limited",
+            Self::Unreachable => "unreachable",
+            Self::Transient => "transient",
+            Self::PlainHttp => "plain_http",
+            Self::Certificate => "certificate",
+            Self::WriteRefused => "write_refused",
+            Self::TimedOut => "timed_out",
+            Self::Interrupted => "interrupted",
+            Self::NoTool => "no_tool",
+            Self::ToolFailed => "tool_failed",
+            Self::Local => "local",
+            Self::DigestDrift => "digest_drift",
+            Self::Malformed => "malformed",
+            Self::Skipped => "skipped",
+            Self::Other => "other",
+        }
+    }
+
     /// The short cause that opens the report's `error` line.
     pub fn cause(self) -> &'static str {
         match self {

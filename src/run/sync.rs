@@ -673,7 +673,9 @@ impl<'a> Outcome<'a> {
     fn failed(mut self, tool: Option<Tool>, failure: &Failure) -> ImageResult {
         self.tool = tool.or(self.tool);
         tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
-        self.into_result(Action::Failed, Some(failure.to_string()))
+        let mut result = self.into_result(Action::Failed, Some(failure.to_string()));
+        result.failure = Some(failure.clone());
+        result
     }
 
     /// Not started, for a reason that is the whole error (`quota reserve: ...`).
@@ -704,6 +706,7 @@ impl<'a> Outcome<'a> {
             upstream_digest: self.upstream.as_ref().map(ToString::to_string),
             skipped_check: self.skipped_check,
             selected_by: self.job.selected_by.clone(),
+            failure: None,
         }
     }
 }
