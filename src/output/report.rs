@@ -81,6 +81,14 @@ pub struct ImageResult {
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<String>,
+    /// A platform filter applies (`platforms`) and left out platforms: the digest of the
+    /// index in the cache, which differs from `remote_digest`. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered_digest: Option<String>,
+    /// A platform filter applies: the platforms the cache holds (`linux/amd64`). Absent
+    /// without a filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Vec<String>>,
 }
 
 /// Per image, in the report: what happened to its signature, attestation, SBOM and
@@ -216,6 +224,8 @@ mod tests {
             upstream_digest: None,
             skipped_check: None,
             selected_by: None,
+            filtered_digest: None,
+            platforms: None,
         }
     }
 

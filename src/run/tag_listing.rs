@@ -102,6 +102,8 @@ pub async fn expand(
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
+                        filtered_digest: None,
+                        platforms: None,
                     },
                 ));
             }
