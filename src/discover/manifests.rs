@@ -221,27 +221,27 @@ fn visit(
             .unwrap_or_default()
     };
     let (api_version, kind) = (text("apiVersion"), text("kind"));
-    if kind.ends_with("List") {
-        if let Some(items) = object.get("items").and_then(Value::as_array) {
-            if depth >= MAX_LIST_DEPTH {
-                return Err(ManifestError {
-                    file: file.to_owned(),
-                    line,
-                    message: format!("nests lists deeper than {MAX_LIST_DEPTH}"),
-                });
-            }
-            for item in items {
-                // Items of a typed list (`PodList`) may leave out their own kind.
-                let item_kind = item.get("kind").and_then(Value::as_str);
-                match (item_kind, kind.strip_suffix("List")) {
-                    (None, Some(element)) if workload::is_workload(api_version, element) => {
-                        found.extend(workload::sightings(element, item, Some(file)));
-                    }
-                    _ => visit(file, item, line, depth + 1, found)?,
-                }
-            }
-            return Ok(());
+    if kind.ends_with("List")
+        && let Some(items) = object.get("items").and_then(Value::as_array)
+    {
+        if depth >= MAX_LIST_DEPTH {
+            return Err(ManifestError {
+                file: file.to_owned(),
+                line,
+                message: format!("nests lists deeper than {MAX_LIST_DEPTH}"),
+            });
         }
+        for item in items {
+            // Items of a typed list (`PodList`) may leave out their own kind.
+            let item_kind = item.get("kind").and_then(Value::as_str);
+            match (item_kind, kind.strip_suffix("List")) {
+                (None, Some(element)) if workload::is_workload(api_version, element) => {
+                    found.extend(workload::sightings(element, item, Some(file)));
+                }
+                _ => visit(file, item, line, depth + 1, found)?,
+            }
+        }
+        return Ok(());
     }
     if workload::is_workload(api_version, kind) {
         found.extend(workload::sightings(kind, value, Some(file)));
