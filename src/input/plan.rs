@@ -74,6 +74,8 @@ pub struct Job {
     pub immutable: bool,
     /// For a tag chosen by tag rules: which rule selected it.
     pub selected_by: Option<String>,
+    /// The platforms to cache of a multi-arch image (`None`: every platform).
+    pub platforms: crate::input::platforms::Filter,
 }
 
 /// An entry with tag rules: a job template (its `tag` a placeholder) and the rules.
@@ -118,6 +120,10 @@ pub struct Settings {
     pub tag_page_size: u32,
     /// `settings.coverage: cluster`: list the cluster's images and report the uncovered.
     pub coverage: bool,
+    /// `settings.platforms` (`None`: every platform).
+    pub platforms: crate::input::platforms::Filter,
+    /// `settings.prune`: prune after a successful, complete, unsharded run.
+    pub prune: bool,
 }
 
 /// One thing wrong with the config.
@@ -218,6 +224,15 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 "applies to a pinned image only; add `digest` or remove `watch_tag`".to_owned(),
             );
         }
+        let platforms = match &image.platforms {
+            None => settings.as_ref().and_then(|s| s.platforms.clone()),
+            Some(raw) => crate::input::platforms::parse_list(raw).unwrap_or_else(|found| {
+                for (position, message) in found {
+                    problem(location(&format!("platforms[{position}]")), message);
+                }
+                None
+            }),
+        };
         let resolved = resolve_image(image, cache.as_ref().ok(), |field, message| {
             problem(location(field), message)
         });
@@ -234,6 +249,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             pin,
             watch_tag: image.watch_tag.unwrap_or(true),
             selected_by: None,
+            platforms: platforms.clone(),
         }) else {
             continue;
         };
@@ -432,6 +448,19 @@ fn resolve_settings(
             crate::registry::quota::Reserve::default()
         }
     };
+    let platforms = match &raw.platforms {
+        None => None,
+        Some(list) => match crate::input::platforms::parse_list(list) {
+            Ok(filter) => filter,
+            Err(found) => {
+                for (position, message) in found {
+                    problem(format!("settings.platforms[{position}]"), message);
+                }
+                ok = false;
+                None
+            }
+        },
+    };
     if let Some(url) = &raw.pushgateway
         && let Err(message) = check_pushgateway(url)
     {
@@ -454,6 +483,8 @@ fn resolve_settings(
         immutable_tags: Vec::new(),
         tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
         coverage: raw.coverage == Some(crate::input::config::CoverageMode::Cluster),
+        platforms,
+        prune: raw.prune.unwrap_or(false),
     })
 }
 

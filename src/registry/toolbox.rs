@@ -170,6 +170,11 @@ impl Toolbox {
         }
     }
 
+    /// image-sync's own registry client, when one could be built.
+    pub fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+
     /// The run's upstream quota ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger

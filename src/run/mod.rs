@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod coverage;
 pub mod decision;
 pub mod partition;
+pub mod platforms;
 pub mod referrers;
 pub mod retry;
 pub mod signals;

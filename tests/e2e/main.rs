@@ -11,6 +11,7 @@ mod hostile_input;
 mod hostile_registry;
 mod nodes;
 mod pins;
+mod platforms;
 mod quota;
 mod referrers;
 mod registry_client;
