@@ -349,6 +349,9 @@ quota reserve: {reserve}; pushgateway: {}; referrers synced for {with_referrers}
             ""
         },
     ));
+    if settings.coverage {
+        text.push_str("\ncoverage: cluster (each run lists the cluster's workloads, read-only)");
+    }
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings
             .insecure_registries
