@@ -128,6 +128,11 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
     }
+    // The cluster is listed alongside the sync, against the whole config (before the shard).
+    let coverage = (plan.settings.coverage || cli.coverage).then(|| {
+        let whole = plan.clone();
+        tokio::spawn(async move { run::coverage::check(&whole).await })
+    });
     let toolbox = Arc::new(
         Toolbox::discover(
             tls_policy(plan).await,
@@ -166,6 +171,19 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     report.quota = quota;
     report.shard = shard;
     report.tag_lists = tag_lists;
+    if let Some(task) = coverage {
+        // An interrupted run reports at once rather than wait for a slow API server.
+        if signals::interrupted_exit_code().is_some() {
+            task.abort();
+        }
+        report.coverage = Some(
+            task.await
+                .unwrap_or_else(|err| output::report::CoverageReport {
+                    error: Some(format!("the coverage check failed: {err}")),
+                    ..Default::default()
+                }),
+        );
+    }
     report.print(&mut std::io::stdout().lock());
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {
@@ -331,6 +349,9 @@ quota reserve: {reserve}; pushgateway: {}; referrers synced for {with_referrers}
             ""
         },
     ));
+    if settings.coverage {
+        text.push_str("\ncoverage: cluster (each run lists the cluster's workloads, read-only)");
+    }
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings
             .insecure_registries

@@ -52,6 +52,11 @@ pub struct Cli {
     #[arg(long, value_name = "COUNT", value_parser = crate::input::shard::parse_count)]
     pub shard_count: Option<u32>,
 
+    /// Also list the cluster's workloads (read-only) and report the images the config does
+    /// not cover (as `settings.coverage: cluster`).
+    #[arg(long, env = "IMAGE_SYNC_COVERAGE")]
+    pub coverage: bool,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

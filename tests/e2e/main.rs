@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod discover;
+mod discover_cluster;
 mod fault_proxy;
 mod first_hour;
 mod hostile_input;
