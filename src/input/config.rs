@@ -60,6 +60,10 @@ pub struct RawImage {
     /// Tag rules instead of `tag`: the upstream's tags are listed and selected.
     #[serde(default)]
     pub tags: Option<RawTags>,
+    /// The platforms of a multi-arch image to cache (`os/arch[/variant]`), replacing
+    /// `settings.platforms`; `[all]` keeps every platform.
+    #[serde(default)]
+    pub platforms: Option<Vec<String>>,
 }
 
 /// `images[].tags`: which of the upstream's tags to keep cached (see `crate::input::tag_rules`).
@@ -121,6 +125,11 @@ pub struct RawSettings {
     pub immutable_tags: Vec<String>,
     /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
     pub tag_page_size: Option<u64>,
+    /// The platforms of multi-arch images to cache (`os/arch[/variant]`, default `[all]`):
+    /// the cache gets an index holding only these platforms' manifests.
+    pub platforms: Option<Vec<String>>,
+    /// Run `image-sync prune` after a successful, complete, unsharded run (default false).
+    pub prune: Option<bool>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod pins;
 pub mod plan;
+pub mod platforms;
 pub mod reference;
 pub mod schema;
 pub mod shard;

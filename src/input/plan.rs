@@ -74,6 +74,8 @@ pub struct Job {
     pub immutable: bool,
     /// For a tag chosen by tag rules: which rule selected it.
     pub selected_by: Option<String>,
+    /// The platforms to cache of a multi-arch image (`None`: every platform).
+    pub platforms: crate::input::platforms::Filter,
 }
 
 /// An entry with tag rules: a job template (its `tag` a placeholder) and the rules.
@@ -116,6 +118,10 @@ pub struct Settings {
     pub immutable_tags: Vec<regex::Regex>,
     /// Tags per `tags/list` page (`n`).
     pub tag_page_size: u32,
+    /// `settings.platforms` (`None`: every platform).
+    pub platforms: crate::input::platforms::Filter,
+    /// `settings.prune`: prune after a successful, complete, unsharded run.
+    pub prune: bool,
 }
 
 /// One thing wrong with the config.
@@ -216,6 +222,15 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
                 "applies to a pinned image only; add `digest` or remove `watch_tag`".to_owned(),
             );
         }
+        let platforms = match &image.platforms {
+            None => settings.as_ref().and_then(|s| s.platforms.clone()),
+            Some(raw) => crate::input::platforms::parse_list(raw).unwrap_or_else(|found| {
+                for (position, message) in found {
+                    problem(location(&format!("platforms[{position}]")), message);
+                }
+                None
+            }),
+        };
         let resolved = resolve_image(image, cache.as_ref().ok(), |field, message| {
             problem(location(field), message)
         });
@@ -232,6 +247,7 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
             pin,
             watch_tag: image.watch_tag.unwrap_or(true),
             selected_by: None,
+            platforms: platforms.clone(),
         }) else {
             continue;
         };
@@ -430,11 +446,24 @@ fn resolve_settings(
             crate::registry::quota::Reserve::default()
         }
     };
-    if let Some(url) = &raw.pushgateway {
-        if let Err(message) = check_pushgateway(url) {
-            problem("settings.pushgateway".to_owned(), message);
-            ok = false;
-        }
+    let platforms = match &raw.platforms {
+        None => None,
+        Some(list) => match crate::input::platforms::parse_list(list) {
+            Ok(filter) => filter,
+            Err(found) => {
+                for (position, message) in found {
+                    problem(format!("settings.platforms[{position}]"), message);
+                }
+                ok = false;
+                None
+            }
+        },
+    };
+    if let Some(url) = &raw.pushgateway
+        && let Err(message) = check_pushgateway(url)
+    {
+        problem("settings.pushgateway".to_owned(), message);
+        ok = false;
     }
     ok.then(|| Settings {
         concurrency: usize::try_from(concurrency).unwrap_or(DEFAULT_CONCURRENCY),
@@ -451,6 +480,8 @@ fn resolve_settings(
         referrers_required: raw.referrers_required.unwrap_or(false),
         immutable_tags: Vec::new(),
         tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
+        platforms,
+        prune: raw.prune.unwrap_or(false),
     })
 }
 

@@ -153,6 +153,7 @@ mod tests {
             immutable: false,
             selected_by: None,
             referrers: false,
+            platforms: None,
         }
     }
 

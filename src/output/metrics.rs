@@ -387,6 +387,8 @@ mod tests {
             skipped_check: None,
             selected_by: None,
             failure,
+            filtered_digest: None,
+            platforms: None,
         };
         let missing =
             Failure::new(Class::ManifestUnknown, "nginx:1").on(Side::Upstream, Some("docker.io"));

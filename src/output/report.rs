@@ -85,6 +85,14 @@ pub struct ImageResult {
     /// images by it. Not in the JSON report, whose `error` line names the same cause.
     #[serde(skip)]
     pub failure: Option<crate::registry::Failure>,
+    /// A platform filter applies (`platforms`) and left out platforms: the digest of the
+    /// index in the cache, which differs from `remote_digest`. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered_digest: Option<String>,
+    /// A platform filter applies: the platforms the cache holds (`linux/amd64`). Absent
+    /// without a filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Vec<String>>,
 }
 
 /// Per image, in the report: what happened to its signature, attestation, SBOM and
@@ -221,6 +229,8 @@ mod tests {
             skipped_check: None,
             selected_by: None,
             failure: None,
+            filtered_digest: None,
+            platforms: None,
         }
     }
 

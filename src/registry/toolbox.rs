@@ -170,6 +170,11 @@ impl Toolbox {
         }
     }
 
+    /// image-sync's own registry client, when one could be built.
+    pub fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+
     /// The run's upstream quota ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -613,10 +618,11 @@ impl Toolbox {
         tool: Tool,
         (outcome, spent): (Result<process::Finished, Failure>, Spent),
     ) -> Attempted<()> {
-        if let Err(failure) = &outcome {
-            if failure.class == Class::RateLimited && failure.side == Some(Side::Upstream) {
-                self.ledger.exhausted(source.host());
-            }
+        if let Err(failure) = &outcome
+            && failure.class == Class::RateLimited
+            && failure.side == Some(Side::Upstream)
+        {
+            self.ledger.exhausted(source.host());
         }
         Attempted {
             gets: spent.gets,

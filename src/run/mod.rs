@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod decision;
 pub mod partition;
+pub mod platforms;
 pub mod referrers;
 pub mod retry;
 pub mod signals;

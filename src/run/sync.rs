@@ -23,6 +23,7 @@ use crate::process::Cancel;
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::run::breaker::Breakers;
 use crate::run::decision::{Decision, decide};
+use crate::run::platforms;
 use crate::run::referrers::Referrers;
 use crate::run::retry;
 
@@ -267,15 +268,15 @@ async fn preflight(plan: &Plan, context: &Context) {
             &context.cancel,
         )
         .await;
-    if let Err(failure) = probe.outcome {
-        if failure.class.trips_breaker() || failure.class == Class::TimedOut {
-            context.breakers.trip(&failure);
-            tracing::error!(
-                registry = %first.target.host(),
-                cause = %failure,
-                "the cache registry is down: every image fails with this cause"
-            );
-        }
+    if let Err(failure) = probe.outcome
+        && (failure.class.trips_breaker() || failure.class == Class::TimedOut)
+    {
+        context.breakers.trip(&failure);
+        tracing::error!(
+            registry = %first.target.host(),
+            cause = %failure,
+            "the cache registry is down: every image fails with this cause"
+        );
     }
 }
 
@@ -385,12 +386,60 @@ async fn sync_image(
     }
     drop(check_permit);
 
-    match decide(&remote, outcome.cached.as_ref(), context.dry_run) {
+    let cached = filtered_cache(job, context, &mut outcome, &remote).await;
+    match decide(&remote, cached.as_ref(), context.dry_run) {
         Decision::AlreadyCached => {
             with_referrers(job, context, outcome, &remote, Action::AlreadyCached).await
         }
         Decision::WouldCopy => outcome.finished(Action::WouldPull),
         Decision::Copy => copy_and_verify(job, context, outcome, &remote).await,
+    }
+}
+
+/// The cache's digest as the decision sees it: with a platform filter, a cached index
+/// image-sync filtered from `remote` with the same filter counts as `remote` (its own
+/// digest differs by design; its annotations say what it was made from). One cache GET
+/// (free), only when a filter applies and the digests differ.
+async fn filtered_cache(
+    job: &Job,
+    context: &Context,
+    outcome: &mut Outcome<'_>,
+    remote: &Digest,
+) -> Option<Digest> {
+    let cached = outcome.cached.clone()?;
+    let Some(wanted) = &job.platforms else {
+        return Some(cached);
+    };
+    if cached == *remote {
+        return Some(cached);
+    }
+    let client = context.toolbox.client()?;
+    let fetched = client
+        .get_manifest(
+            &job.target,
+            cached.as_str(),
+            Side::Cache,
+            context.settings.check_timeout,
+        )
+        .await;
+    let recorded = match fetched {
+        Ok(Some(fetched)) => platforms::recorded(&fetched.bytes),
+        Ok(None) => None,
+        Err(failure) => {
+            tracing::debug!(image = %job.image, tag = %job.tag, cause = %failure, "cannot read the cached index's annotations; copying");
+            None
+        }
+    };
+    match recorded {
+        Some(recorded)
+            if recorded.upstream == *remote
+                && recorded.filter == crate::input::platforms::describe(wanted) =>
+        {
+            outcome.filtered = Some(cached);
+            outcome.platforms = Some(recorded.kept);
+            Some(remote.clone())
+        }
+        _ => Some(cached),
     }
 }
 
@@ -462,7 +511,8 @@ async fn sync_pinned(
     }
     drop(check_permit);
     // A pin is decided like any image, with the pin as the upstream digest.
-    match decide(pin, outcome.cached.as_ref(), context.dry_run) {
+    let cached = filtered_cache(job, context, &mut outcome, pin).await;
+    match decide(pin, cached.as_ref(), context.dry_run) {
         Decision::AlreadyCached => {
             with_referrers(job, context, outcome, pin, Action::AlreadyCached).await
         }
@@ -498,6 +548,37 @@ async fn copy_and_verify(
     };
     let hosts = [job.source.host(), job.target.host()];
     let pull_timeout = context.settings.pull_timeout;
+    // GETs a filtered copy spent before finding no index to filter (counted already).
+    let mut filter_gets = 0;
+    if let Some(wanted) = &job.platforms {
+        let copy = platforms::Copy {
+            toolbox: &context.toolbox,
+            source: &job.source,
+            target: &job.target,
+            tag: &job.tag,
+            wanted,
+            pull_timeout,
+            check_timeout: context.settings.check_timeout,
+            cancel: &context.cancel,
+        };
+        let mut tally = Tally::default();
+        let copied = context
+            .step(&hosts, false, &mut tally, |_| copy.run(remote))
+            .await;
+        outcome.attempts += tally.extra;
+        match copied.outcome {
+            Ok(None) => filter_gets = tally.gets,
+            Ok(Some(done)) => {
+                toolbox.ledger().settle(ticket, tally.gets);
+                outcome.tool = copied.tool;
+                return verify_filtered(job, context, outcome, remote, done, permit).await;
+            }
+            Err(failure) => {
+                toolbox.ledger().settle(ticket, tally.gets);
+                return outcome.failed(copied.tool, &failure);
+            }
+        }
+    }
     let mut tally = Tally::default();
     let copied = context
         .step(&hosts, false, &mut tally, |previous| async move {
@@ -520,7 +601,7 @@ async fn copy_and_verify(
     let settle = |children: u32| {
         let gets = spent_before_verification + children;
         toolbox.ledger().count(job.source.host(), 0, gets);
-        toolbox.ledger().settle(ticket, gets);
+        toolbox.ledger().settle(ticket, gets + filter_gets);
     };
     if let Err(failure) = copied.outcome {
         settle(0);
@@ -582,6 +663,58 @@ async fn copy_and_verify(
     }
 }
 
+/// After a filtered copy: the cache's tag must hold the index just written (a free cache
+/// GET), then the referrers follow as for any copy.
+async fn verify_filtered(
+    job: &Job,
+    context: &Context,
+    mut outcome: Outcome<'_>,
+    remote: &Digest,
+    done: platforms::Copied,
+    permit: OwnedSemaphorePermit,
+) -> ImageResult {
+    let mut tally = Tally::default();
+    let verified = context
+        .step(&[job.target.host()], true, &mut tally, |_| {
+            context.toolbox.verify(
+                &job.target,
+                &job.tag,
+                context.settings.check_timeout,
+                &context.cancel,
+            )
+        })
+        .await;
+    outcome.attempts += tally.extra;
+    drop(permit);
+    outcome.platforms = Some(done.kept);
+    if done.changed {
+        outcome.filtered = Some(done.digest.clone());
+    }
+    match verified.outcome {
+        Ok(now) if now == done.digest => {
+            with_referrers(job, context, outcome, remote, Action::Pulled).await
+        }
+        Ok(now) => outcome.failed(
+            verified.tool,
+            &Failure::new(
+                Class::DigestDrift,
+                format!(
+                    "the cache holds {now} after writing the filtered index {}: the cache rewrote it, or another writer moved the tag",
+                    done.digest
+                ),
+            )
+            .on(Side::Cache, Some(job.target.host())),
+        ),
+        Err(failure) => outcome.failed(
+            verified.tool,
+            &Failure {
+                message: format!("cannot verify the copy: {}", failure.message),
+                ..failure
+            },
+        ),
+    }
+}
+
 /// Finishes an image that is in the cache: first its signatures, attestations and SBOMs
 /// when the job asks for them (see [`crate::run::referrers`]). Their failures fail the image
 /// only with `settings.referrers_required`.
@@ -639,6 +772,10 @@ struct Outcome<'a> {
     upstream: Option<Digest>,
     tag_moved: Option<bool>,
     skipped_check: Option<SkippedCheck>,
+    /// With a platform filter: the filtered index's digest in the cache, and the platforms
+    /// it holds.
+    filtered: Option<Digest>,
+    platforms: Option<Vec<String>>,
 }
 
 impl<'a> Outcome<'a> {
@@ -655,6 +792,8 @@ impl<'a> Outcome<'a> {
             upstream: None,
             tag_moved: None,
             skipped_check: None,
+            filtered: None,
+            platforms: None,
         }
     }
 
@@ -707,6 +846,8 @@ impl<'a> Outcome<'a> {
             skipped_check: self.skipped_check,
             selected_by: self.job.selected_by.clone(),
             failure: None,
+            filtered_digest: self.filtered.as_ref().map(ToString::to_string),
+            platforms: self.platforms,
         }
     }
 }

@@ -103,6 +103,8 @@ pub async fn expand(
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
                         failure: Some(failure),
+                        filtered_digest: None,
+                        platforms: None,
                     },
                 ));
             }

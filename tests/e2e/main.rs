@@ -3,12 +3,14 @@
 
 mod cli;
 mod config_errors;
+mod discover;
 mod fault_proxy;
 mod first_hour;
 mod hostile_input;
 mod hostile_registry;
 mod nodes;
 mod pins;
+mod platforms;
 mod quota;
 mod referrers;
 mod registry_client;

@@ -12,10 +12,12 @@
 //! - `core`: the [`Client`] shared by a run (HTTP clients, credentials, tokens, host facts);
 //! - `session`: one operation's requests, the scheme probe and the challenge dance;
 //! - `transport`: schemes, redirect rules, typed transport failures, capped bodies;
-//! - `manifest`: the digest check; `tags`: tag listing; `referrers`: the referrers API.
+//! - `manifest`: the digest check; `manifests`: manifest HEAD/GET/PUT/DELETE and blob
+//!   uploads by tag or digest (filtered indexes, prune, records); `tags`: tag listing; `referrers`: the referrers API.
 
 mod core;
 mod manifest;
+mod manifests;
 mod referrers;
 mod session;
 mod tags;
@@ -23,6 +25,7 @@ mod transport;
 
 pub use self::core::{Client, NO_DIGEST_STREAK};
 pub use manifest::{Checked, MAX_MANIFEST_BYTES, Want, parse_manifest};
+pub use manifests::{Deleted, Fetched, Head, error_code};
 pub use referrers::{Listed, MAX_REFERRERS, Referrer, parse_index};
 pub use tags::{
     MAX_TAG_LIST_BYTES, MAX_TAG_PAGE_BYTES, MAX_TAG_PAGES, TagList, next_link, parse_tag_page,

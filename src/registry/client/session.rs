@@ -80,20 +80,12 @@ impl<'a> Request<'a> {
     }
 
     /// A write: its token asks for `pull,push` on the repository.
-    #[expect(
-        dead_code,
-        reason = "for the cache write operations (manifest PUT/DELETE) added beside this client"
-    )]
     pub fn push(mut self) -> Self {
         self.push = true;
         self
     }
 
     /// A body of this content type (sent again after a 401).
-    #[expect(
-        dead_code,
-        reason = "for the cache write operations (manifest PUT/DELETE) added beside this client"
-    )]
     pub fn body(mut self, content_type: &'a str, bytes: &'a [u8]) -> Self {
         self.body = Some((content_type, bytes));
         self

@@ -37,14 +37,7 @@ impl OciLayout {
     /// Makes an image whose content depends on `seed` (different seeds, different digests).
     /// `layer_bytes` pads the layer to at least that size.
     pub fn new(kind: Kind, seed: &str, layer_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().expect("layout dir");
-        std::fs::create_dir_all(dir.path().join("blobs/sha256")).expect("blobs dir");
-        std::fs::write(
-            dir.path().join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .expect("oci-layout");
-        let layout = Self { dir };
+        let layout = Self::empty();
         let top = match kind {
             Kind::Single => layout.write_manifest(seed, "amd64", layer_bytes),
             Kind::MultiArch => {
@@ -68,14 +61,83 @@ impl OciLayout {
                 )
             }
         };
-        let mut top = top;
+        layout.tag_latest(top);
+        layout
+    }
+
+    fn empty() -> Self {
+        let dir = tempfile::tempdir().expect("layout dir");
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).expect("blobs dir");
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .expect("oci-layout");
+        Self { dir }
+    }
+
+    fn tag_latest(&self, mut top: Value) {
         top["annotations"] = json!({"org.opencontainers.image.ref.name": "latest"});
         let index = json!({"schemaVersion": 2, "manifests": [top]});
         std::fs::write(
-            layout.dir.path().join("index.json"),
+            self.dir.path().join("index.json"),
             serde_json::to_vec(&index).expect("json"),
         )
         .expect("index.json");
+    }
+
+    /// An OCI index with one image per platform (`os/arch[/variant]`, layers of
+    /// `layer_bytes`), and with `attestations` one buildx attestation manifest per platform
+    /// (`unknown/unknown`, `vnd.docker.reference.digest` naming the platform's manifest).
+    pub fn index(seed: &str, platforms: &[&str], attestations: bool, layer_bytes: usize) -> Self {
+        let layout = Self::empty();
+        let mut manifests = Vec::new();
+        let mut attested = Vec::new();
+        for platform in platforms {
+            let parts: Vec<&str> = platform.split('/').collect();
+            let mut descriptor =
+                layout.write_manifest(&format!("{seed}-{platform}"), parts[1], layer_bytes);
+            let mut described = json!({"os": parts[0], "architecture": parts[1]});
+            if let Some(variant) = parts.get(2) {
+                described["variant"] = json!(variant);
+            }
+            descriptor["platform"] = described;
+            if attestations {
+                let statement = layout.write_blob(
+                    "application/vnd.in-toto+json",
+                    format!("{{\"_type\":\"https://in-toto.io/Statement/v0.1\",\"seed\":\"{seed}-{platform}\"}}").as_bytes(),
+                );
+                let config = layout.write_blob("application/vnd.oci.image.config.v1+json", b"{\"architecture\":\"unknown\",\"os\":\"unknown\",\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}");
+                let manifest = json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": config,
+                    "layers": [statement],
+                });
+                let mut attestation = layout.write_blob(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    &serde_json::to_vec(&manifest).expect("json"),
+                );
+                attestation["platform"] = json!({"os": "unknown", "architecture": "unknown"});
+                attestation["annotations"] = json!({
+                    "vnd.docker.reference.digest": descriptor["digest"],
+                    "vnd.docker.reference.type": "attestation-manifest",
+                });
+                attested.push(attestation);
+            }
+            manifests.push(descriptor);
+        }
+        manifests.extend(attested);
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let top = layout.write_blob(
+            "application/vnd.oci.image.index.v1+json",
+            &serde_json::to_vec(&index).expect("json"),
+        );
+        layout.tag_latest(top);
         layout
     }
 
