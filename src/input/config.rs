@@ -89,7 +89,7 @@ pub struct RawTags {
 #[schemars(rename = "Settings")]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of settings such as `concurrency: 2` (see the README's Config section)"
+    expecting = "a mapping of settings such as `concurrency: 2` (see docs/src/configuration.md)"
 )]
 pub struct RawSettings {
     /// Copies at once (default 2).

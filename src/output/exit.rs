@@ -1,4 +1,5 @@
-//! Exit codes: named, documented in `--help` and the README, derived from the report.
+//! Exit codes: named, documented in `--help`, the README and docs/src/usage.md, derived from
+//! the report.
 
 use crate::output::report::Report;
 

@@ -374,7 +374,7 @@ def test_kustomize_pods_are_restricted():
 # --- values ---------------------------------------------------------------------
 
 def config_manifest(helm: Helm, tmp_path: Path, *values: str) -> Path:
-    """The ConfigMap manifest as the README shows it: `helm template --show-only`."""
+    """The ConfigMap manifest as docs/src/deployment.md shows it: `helm template --show-only`."""
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
                     "--show-only", "templates/configmap.yaml", *values)
     path = tmp_path / "configmap.yaml"
@@ -388,7 +388,7 @@ def check(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_rendered_config_passes_binary_check(helm, tmp_path):
-    # The binary reads the ConfigMap manifest itself (README, "Usage").
+    # The binary reads the ConfigMap manifest itself (docs/src/usage.md).
     manifest = config_manifest(helm, tmp_path)
     proc = check("--config", str(manifest))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"

@@ -416,7 +416,7 @@ def test_sync_config_passes_binary_check(tmp_path):
     proc = subprocess.run([str(binary), "--check", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    # The README's command: the binary reads the config out of the ConfigMap itself.
+    # The docs' command (docs/src/deployment.md): the binary reads the config out of the ConfigMap itself.
     proc = subprocess.run([str(binary), "--check", "--config", str(SYNC_DIR / "configmap.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"

@@ -1,6 +1,6 @@
 """The README's way in, checked: "Try it" is two commands that exist, an Install section
-comes before Usage, the demo shows its build, and the README's ConfigMap check runs as
-written with the binary alone (no yq)."""
+comes before Usage, the demo shows its build, and the docs' ConfigMap check (README and
+docs/src) runs as written with the binary alone (no yq)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs/src"
 
 
 def section(title: str) -> str:
@@ -46,11 +47,16 @@ def test_the_demo_shows_its_build_and_installs_only_what_it_needs():
     assert "binary: $image_sync" in demo
 
 
-def test_the_readmes_configmap_check_runs_as_written():
+def test_the_docs_configmap_check_runs_as_written():
     binary = Path(os.environ.get("IMAGE_SYNC_BIN", REPO / "target/debug/image-sync"))
-    assert "yq " not in section("Deployment (Kubernetes, Zot, Nix)")
-    commands = re.findall(r"`(image-sync --check --config [^`]*configmap\.yaml)`", README)
-    assert commands, "the README shows the ConfigMap check"
+    deployment = (DOCS / "deployment.md").read_text()
+    assert "yq " not in deployment
+    texts = [README, *(path.read_text() for path in sorted(DOCS.rglob("*.md")))]
+    commands = [c for text in texts
+                for c in re.findall(r"`(image-sync --check --config [^`]*configmap\.yaml)`", text)]
+    assert commands, "the docs show the ConfigMap check"
+    assert re.search(r"`image-sync --check --config [^`]*configmap\.yaml`", deployment), \
+        "docs/src/deployment.md (Adding an image) shows the ConfigMap check"
     for command in commands:
         argv = shlex.split(command)
         proc = subprocess.run([str(binary), *argv[1:]], cwd=REPO,

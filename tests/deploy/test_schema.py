@@ -1,5 +1,5 @@
 """The config's JSON Schema (`image-sync config-schema`, draft 2020-12) against every
-example config in the repository: the README and docs/ YAML blocks, the k8s/ ConfigMaps,
+example config in the repository: the YAML blocks of the README and the book (docs/), the k8s/ ConfigMaps,
 the Helm chart's values and examples/. The schema comes from the binary built from this
 commit (the same types the config is read into); the published copies must equal it.
 
@@ -23,6 +23,7 @@ import yaml
 from test_deploy import REPO, missing_tool
 
 PUBLISHED = REPO / "docs/config.schema.json"
+REFERENCE = REPO / "docs/src/config-reference.md"
 CHART = REPO / "charts/image-sync"
 EXAMPLES = REPO / "examples"
 MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
@@ -119,11 +120,50 @@ def test_the_chart_checks_its_config_value_with_the_same_schema(schema):
         "charts/image-sync/values.schema.json is stale: run `python3 deploy/gen-schemas.py`")
 
 
+def gen_schemas():
+    spec = importlib.util.spec_from_file_location("gen_schemas", REPO / "deploy/gen-schemas.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+def schema_keys(schema: dict) -> set[str]:
+    """Every key path of the config (`settings.retries`, `images[].tags.semver`)."""
+    gen = gen_schemas()
+    return {f"{path}.{name}" if path else name
+            for path, node in gen.objects(schema, schema, "") for name in node["properties"]}
+
+
+def test_the_config_reference_is_generated_from_the_schema(schema):
+    assert REFERENCE.read_text() == gen_schemas().reference_markdown(schema), (
+        "docs/src/config-reference.md is stale: run `python3 deploy/gen-schemas.py`")
+
+
+def test_the_config_reference_documents_every_key_and_no_other(schema):
+    documented = set(re.findall(r"^\| `([a-z_\[\].]+)` \|", REFERENCE.read_text(), re.M))
+    keys = schema_keys(schema)
+    assert {"cache_registry", "images[].source", "images[].tags.semver", "settings.retries"} <= keys
+    assert keys - documented == set(), "schema keys the reference does not document"
+    assert documented - keys == set(), "documented keys the schema does not have"
+
+
+def test_every_key_the_book_names_is_in_the_schema(schema):
+    # `settings.x` and `images[].x` in any chapter (prose, tables, code spans) must exist.
+    keys = schema_keys(schema)
+    named = {}
+    for path in [REPO / "README.md", *sorted((REPO / "docs/src").rglob("*.md"))]:
+        for key in re.findall(r"`((?:settings|images\[\])(?:\.[a-z_]+)+)", path.read_text()):
+            named.setdefault(key, str(path.relative_to(REPO)))
+    assert named, "the docs name config keys"
+    unknown = {key: where for key, where in named.items() if key not in keys}
+    assert not unknown, f"the docs name keys the config does not have: {unknown}"
+
+
 # --- every example validates -----------------------------------------------------------
 
 def test_every_full_example_in_the_docs_validates(schema):
     full = [(where, c) for path in markdown_files() for where, c in yaml_blocks(path) if "cache_registry" in c]
-    assert len(full) >= 1, "expected at least the README's Config example"
+    assert len(full) >= 2, "expected at least the README's minimal config and the Configuration chapter's"
     check = validator(schema)
     for where, config in full:
         assert not errors(check, config), f"{where}: {errors(check, config)}"

@@ -1,5 +1,5 @@
 //! From the cache to the node: a real containerd, configured with the `hosts.toml` files
-//! `image-sync hosts-toml` writes (the ones the README prints), pulls and unpacks what
+//! `image-sync hosts-toml` writes (the ones docs/src/nodes.md prints), pulls and unpacks what
 //! image-sync cached, by the upstream name, while the upstream is down.
 
 use std::path::Path;
@@ -258,9 +258,10 @@ fn fail_open_falls_back_to_the_upstream_and_fail_closed_never_asks_it() {
 }
 
 #[test]
-fn the_readme_prints_the_files_hosts_toml_writes() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+fn the_nodes_chapter_prints_the_files_hosts_toml_writes() {
+    let chapter =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/nodes.md"))
+            .expect("docs/src/nodes.md");
     let config = "cache_registry: \"image-cache.image-cache.svc.cluster.local:5000\"\nimages:\n  - {source: \"docker.io/library/nginx\", tag: \"1.27-alpine\"}\n  - {source: \"ghcr.io/project-zot/zot-linux-amd64\", tag: \"v2.1.2\"}\n";
     let prefixed = config.replace(".local:5000", ".local:5000/mirror");
     for (config, extra) in [
@@ -272,7 +273,7 @@ fn the_readme_prints_the_files_hosts_toml_writes() {
         hosts_toml(config, "http://10.96.120.15:5000", dir.path(), extra);
         let written =
             std::fs::read_to_string(dir.path().join("docker.io/hosts.toml")).expect("docker.io");
-        // The prefixed example in the README is shown without the comment lines, indented.
+        // The prefixed example in the chapter is shown without the comment lines, indented.
         let shown: String = if config.contains("/mirror") {
             written
                 .lines()
@@ -289,8 +290,8 @@ fn the_readme_prints_the_files_hosts_toml_writes() {
             written.clone()
         };
         assert!(
-            readme.contains(&shown),
-            "README does not show the file hosts-toml writes ({extra:?}):\n{shown}"
+            chapter.contains(&shown),
+            "docs/src/nodes.md does not show the file hosts-toml writes ({extra:?}):\n{shown}"
         );
     }
 }
