@@ -75,6 +75,21 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout (`image-sync man > image-sync.1`).
     Man,
+    /// Delete from the cache the tags image-sync wrote that the config no longer lists
+    /// (a dry run unless `--apply`); prints `{"prune": ...}` on stdout.
+    Prune(PruneArgs),
+}
+
+/// `image-sync prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete (without it, only report what would be deleted).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// Above this many tags to delete, nothing is deleted and the exit code is 1.
+    #[arg(long, value_name = "N", default_value_t = crate::run::prune::DEFAULT_MAX_DELETIONS)]
+    pub max_deletions: u32,
 }
 
 /// `image-sync completions`.
@@ -114,7 +129,7 @@ pub fn generated_text(command: &Command) -> Option<Vec<u8>> {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut out)
             .ok()?,
-        Command::HostsToml(_) | Command::ConfigSchema => return None,
+        Command::HostsToml(_) | Command::ConfigSchema | Command::Prune(_) => return None,
     }
     Some(out)
 }

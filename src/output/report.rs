@@ -160,6 +160,9 @@ pub struct Report {
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tag_lists: Vec<TagList>,
+    /// What `settings.prune` deleted after the run. Absent when it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::run::prune::PruneReport>,
 }
 
 impl Report {
@@ -187,6 +190,7 @@ impl Report {
             results,
             shard: None,
             tag_lists: Vec::new(),
+            prune: None,
         }
     }
 
