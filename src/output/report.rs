@@ -164,6 +164,9 @@ pub struct Report {
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tag_lists: Vec<TagList>,
+    /// What `settings.prune` deleted after the run. Absent when it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::run::prune::PruneReport>,
     /// With `settings.coverage: cluster`: the cluster's images against the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageReport>,
@@ -210,6 +213,7 @@ impl Report {
             shard: None,
             tag_lists: Vec::new(),
             coverage: None,
+            prune: None,
         }
     }
 

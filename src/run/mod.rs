@@ -7,6 +7,7 @@ pub mod coverage;
 pub mod decision;
 pub mod partition;
 pub mod platforms;
+pub mod prune;
 pub mod referrers;
 pub mod retry;
 pub mod signals;

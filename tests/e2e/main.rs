@@ -12,6 +12,8 @@ mod hostile_registry;
 mod nodes;
 mod pins;
 mod platforms;
+mod prune;
+mod prune_properties;
 mod quota;
 mod referrers;
 mod registry_client;
