@@ -23,7 +23,7 @@ use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
 use crate::registry::{Toolbox, docker_hub};
-use crate::run::{partition, signals, sync, tag_listing};
+use crate::run::{partition, prune, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
 /// The subcommands that print a document generated from image-sync's own definitions (the
@@ -69,6 +69,26 @@ pub fn run(cli: &Cli) -> u8 {
     };
     if let Some(cli::Command::HostsToml(args)) = &cli.command {
         return nodes::run(&plan, args);
+    }
+    if let Some(cli::Command::Prune(args)) = &cli.command {
+        if cli.check {
+            tracing::info!("{}", describe_plan(&plan));
+            return exit::SUCCESS;
+        }
+        let options = prune::Options {
+            apply: args.apply,
+            max_deletions: args.max_deletions,
+        };
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(prune_only(&plan, options)),
+            Err(err) => {
+                tracing::error!("cannot start the async runtime: {err}");
+                exit::IMAGES_FAILED
+            }
+        };
     }
     if cli.check {
         tracing::info!("{}", describe_plan(&plan));
@@ -128,6 +148,11 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
     }
+    // The cluster is listed alongside the sync, against the whole config (before the shard).
+    let coverage = (plan.settings.coverage || cli.coverage).then(|| {
+        let whole = plan.clone();
+        tokio::spawn(async move { run::coverage::check(&whole).await })
+    });
     let toolbox = Arc::new(
         Toolbox::discover(
             tls_policy(plan).await,
@@ -157,15 +182,56 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
 
     let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;
+    if !dry_run {
+        record_writes(plan, &synced, &toolbox, shard).await;
+    }
     let results = tag_listing::merge_in_config_order(plan, synced, unlisted);
     let ledger = toolbox.ledger();
     let (quota, requests, limits) = (ledger.report(), ledger.requests(), ledger.limits());
-    // Closes pooled connections, so that the descriptors counted below are leaks only.
-    drop(toolbox);
     let mut report = Report::new(&plan.cache_registry, dry_run, results);
     report.quota = quota;
     report.shard = shard;
     report.tag_lists = tag_lists;
+    if let Some(task) = coverage {
+        // An interrupted run reports at once rather than wait for a slow API server.
+        if signals::interrupted_exit_code().is_some() {
+            task.abort();
+        }
+        report.coverage = Some(
+            task.await
+                .unwrap_or_else(|err| output::report::CoverageReport {
+                    error: Some(format!("the coverage check failed: {err}")),
+                    ..Default::default()
+                }),
+        );
+    }
+    // settings.prune: only after a run that synced every image of the whole config.
+    let complete = !dry_run
+        && shard.is_none()
+        && signals::interrupted_exit_code().is_none()
+        && report.summary.failed == 0
+        && report.summary.deferred == 0
+        && report.tag_lists.iter().all(|list| list.error.is_none());
+    let mut prune_code = exit::SUCCESS;
+    if plan.settings.prune {
+        if complete {
+            if let Some(client) = toolbox.client() {
+                let options = prune::Options {
+                    apply: true,
+                    max_deletions: prune::DEFAULT_MAX_DELETIONS,
+                };
+                let (pruned, code) = prune::run(plan, client, options).await;
+                report.prune = Some(pruned);
+                prune_code = code;
+            }
+        } else {
+            tracing::info!(
+                "settings.prune: not pruning after a dry, sharded, failed, deferred or interrupted run"
+            );
+        }
+    }
+    // Closes pooled connections, so that the descriptors counted below are leaks only.
+    drop(toolbox);
     report.print(&mut std::io::stdout().lock());
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {
@@ -198,7 +264,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         "run finished"
     );
     let code = signals::interrupted_exit_code()
-        .unwrap_or_else(|| exit::for_report(&report, plan.settings.skip_on_error));
+        .unwrap_or_else(|| exit::for_report(&report, plan.settings.skip_on_error))
+        .max(prune_code);
     let figures = metrics::RunFigures {
         report: &report,
         exit_code: code,
@@ -215,6 +282,88 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         // An empty variable (an empty ConfigMap key) means "not set".
         .filter(|url| !url.trim().is_empty());
     metrics::publish(&figures, cli.metrics_file.as_deref(), pushgateway).await;
+    code
+}
+
+/// Records in the cache the tags this run wrote (see [`prune::records`]), so that a later
+/// prune may delete them once the config no longer lists them. A record that cannot be
+/// written is a warning: those tags are then never pruned, the safe side.
+async fn record_writes(
+    plan: &Plan,
+    synced: &[output::report::ImageResult],
+    toolbox: &Toolbox,
+    shard: Option<shard::Shard>,
+) {
+    let entries: Vec<prune::records::Entry> = plan
+        .jobs
+        .iter()
+        .zip(synced)
+        .filter(|(_, result)| result.action == output::report::Action::Pulled)
+        .filter_map(|(job, result)| {
+            Some(prune::records::Entry {
+                repository: job.target.path().to_owned(),
+                tag: job.tag.to_string(),
+                digest: result
+                    .filtered_digest
+                    .clone()
+                    .or_else(|| result.remote_digest.clone())?,
+            })
+        })
+        .collect();
+    let Some(client) = toolbox.client() else {
+        return;
+    };
+    let writer = match shard {
+        Some(shard) => format!("shard-{}", shard.index),
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "run".to_owned()),
+    };
+    let records = prune::records::repository(plan);
+    match prune::records::write(
+        client,
+        &records,
+        &entries,
+        &writer,
+        plan.settings.check_timeout,
+    )
+    .await
+    {
+        Ok(Some(tag)) => {
+            tracing::debug!(record = %tag, tags = entries.len(), "recorded the tags written")
+        }
+        Ok(None) => {}
+        Err(failure) => {
+            tracing::warn!(cause = %failure, "cannot record the tags written in the cache; prune will leave them alone")
+        }
+    }
+}
+
+/// `image-sync prune`: prints `{"prune": ...}` and returns the exit code.
+async fn prune_only(plan: &Plan, options: prune::Options) -> u8 {
+    let toolbox = Toolbox::discover(
+        tls_policy(plan).await,
+        plan.settings.digest_check,
+        &plan.cache_host,
+        plan.settings.quota_reserve,
+    )
+    .await;
+    let (report, code) = match toolbox.client() {
+        Some(client) => prune::run(plan, client, options).await,
+        None => (
+            prune::PruneReport {
+                error: Some("no HTTP client could be built: nothing deleted".to_owned()),
+                ..prune::PruneReport::default()
+            },
+            exit::IMAGES_FAILED,
+        ),
+    };
+    report.print(&mut std::io::stdout().lock());
+    tracing::info!(
+        would_delete = report.would_delete.len(),
+        deleted = report.deleted.len(),
+        kept = report.kept.len(),
+        apply = options.apply,
+        "prune finished"
+    );
     code
 }
 
@@ -331,6 +480,9 @@ quota reserve: {reserve}; pushgateway: {}; referrers synced for {with_referrers}
             ""
         },
     ));
+    if settings.coverage {
+        text.push_str("\ncoverage: cluster (each run lists the cluster's workloads, read-only)");
+    }
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings
             .insecure_registries

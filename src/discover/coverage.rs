@@ -132,6 +132,25 @@ mod tests {
     }
 
     #[test]
+    fn the_coverage_setting_is_off_unless_cluster() {
+        let parse = |settings: &str| {
+            let text =
+                format!("cache_registry: c:5000\nimages: [{{source: a, tag: b}}]\n{settings}");
+            let raw: crate::input::config::RawConfig =
+                serde_yaml_ng::from_str(&text).expect("yaml");
+            crate::input::plan::resolve(raw, std::path::Path::new("c.yaml"))
+                .expect("valid")
+                .settings
+                .coverage
+        };
+        assert!(!parse(""));
+        assert!(!parse("settings: {coverage: off}\n"));
+        assert!(parse("settings: {coverage: cluster}\n"));
+        let text = "cache_registry: c\nimages: []\nsettings: {coverage: yes}\n";
+        assert!(serde_yaml_ng::from_str::<crate::input::config::RawConfig>(text).is_err());
+    }
+
+    #[test]
     fn sources_cache_paths_tags_rules_and_pins_cover() {
         let hex = "d".repeat(64);
         let other = "e".repeat(64);

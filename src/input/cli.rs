@@ -52,6 +52,11 @@ pub struct Cli {
     #[arg(long, value_name = "COUNT", value_parser = crate::input::shard::parse_count)]
     pub shard_count: Option<u32>,
 
+    /// Also list the cluster's workloads (read-only) and report the images the config does
+    /// not cover (as `settings.coverage: cluster`).
+    #[arg(long, env = "IMAGE_SYNC_COVERAGE")]
+    pub coverage: bool,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
@@ -81,6 +86,9 @@ pub enum Command {
     /// covered), 1 an invalid reference (with `--against`: or an uncovered image), 2 usage,
     /// config or input error.
     Discover(DiscoverArgs),
+    /// Delete from the cache the tags image-sync wrote that the config no longer lists
+    /// (a dry run unless `--apply`); prints `{"prune": ...}` on stdout.
+    Prune(PruneArgs),
 }
 
 /// `image-sync discover`.
@@ -117,6 +125,18 @@ pub struct DiscoverArgs {
     /// Objects per list request to the API server.
     #[arg(long, value_name = "N", hide = true, default_value_t = crate::discover::cluster::DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
+}
+
+/// `image-sync prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete (without it, only report what would be deleted).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// Above this many tags to delete, nothing is deleted and the exit code is 1.
+    #[arg(long, value_name = "N", default_value_t = crate::run::prune::DEFAULT_MAX_DELETIONS)]
+    pub max_deletions: u32,
 }
 
 /// `image-sync completions`.
@@ -156,7 +176,10 @@ pub fn generated_text(command: &Command) -> Option<Vec<u8>> {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut out)
             .ok()?,
-        Command::HostsToml(_) | Command::ConfigSchema | Command::Discover(_) => return None,
+        Command::HostsToml(_)
+        | Command::ConfigSchema
+        | Command::Discover(_)
+        | Command::Prune(_) => return None,
     }
     Some(out)
 }

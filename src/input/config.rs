@@ -130,6 +130,19 @@ pub struct RawSettings {
     pub platforms: Option<Vec<String>>,
     /// Run `image-sync prune` after a successful, complete, unsharded run (default false).
     pub prune: Option<bool>,
+    /// `cluster`: each run also lists the cluster's workloads (read-only) and reports the
+    /// images no entry covers (default `off`; needs the coverage RBAC).
+    pub coverage: Option<CoverageMode>,
+}
+
+/// `settings.coverage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CoverageMode {
+    /// No coverage check (the default).
+    Off,
+    /// List the cluster's workloads through the in-cluster service account (or KUBECONFIG).
+    Cluster,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

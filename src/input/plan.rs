@@ -118,6 +118,8 @@ pub struct Settings {
     pub immutable_tags: Vec<regex::Regex>,
     /// Tags per `tags/list` page (`n`).
     pub tag_page_size: u32,
+    /// `settings.coverage: cluster`: list the cluster's images and report the uncovered.
+    pub coverage: bool,
     /// `settings.platforms` (`None`: every platform).
     pub platforms: crate::input::platforms::Filter,
     /// `settings.prune`: prune after a successful, complete, unsharded run.
@@ -480,6 +482,7 @@ fn resolve_settings(
         referrers_required: raw.referrers_required.unwrap_or(false),
         immutable_tags: Vec::new(),
         tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
+        coverage: raw.coverage == Some(crate::input::config::CoverageMode::Cluster),
         platforms,
         prune: raw.prune.unwrap_or(false),
     })

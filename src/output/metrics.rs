@@ -188,6 +188,28 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
             })
             .collect(),
     );
+    if let Some(coverage) = &figures.report.coverage {
+        gauge(
+            &mut registry,
+            "coverage_ok",
+            "1 when the last run listed the cluster's workloads for coverage, 0 when it could not (coverage unknown).",
+            if coverage.error.is_none() { 1.0 } else { 0.0 },
+        );
+        if let Some(images) = coverage.images {
+            gauge(
+                &mut registry,
+                "cluster_images",
+                "Distinct images the cluster's workloads name (settings.coverage: cluster).",
+                images as f64,
+            );
+            gauge(
+                &mut registry,
+                "uncovered_images",
+                "Images the cluster's workloads name that no config entry covers.",
+                coverage.uncovered.len() as f64,
+            );
+        }
+    }
     gauge(
         &mut registry,
         "tag_list_requests",

@@ -164,6 +164,27 @@ pub struct Report {
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tag_lists: Vec<TagList>,
+    /// What `settings.prune` deleted after the run. Absent when it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::run::prune::PruneReport>,
+    /// With `settings.coverage: cluster`: the cluster's images against the config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<CoverageReport>,
+}
+
+/// `coverage` in the report: how many distinct images the cluster's workloads name, and
+/// those no config entry covers; or, when the cluster could not be listed, why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CoverageReport {
+    /// Distinct images found (absent when listing failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<usize>,
+    /// Images no entry covers, normalised and sorted; invalid references included as
+    /// written.
+    pub uncovered: Vec<String>,
+    /// Why the cluster could not be listed; the coverage is then unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -191,6 +212,8 @@ impl Report {
             results,
             shard: None,
             tag_lists: Vec::new(),
+            coverage: None,
+            prune: None,
         }
     }
 

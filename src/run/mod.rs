@@ -3,9 +3,11 @@
 //! writes `output`.
 
 pub mod breaker;
+pub mod coverage;
 pub mod decision;
 pub mod partition;
 pub mod platforms;
+pub mod prune;
 pub mod referrers;
 pub mod retry;
 pub mod signals;

@@ -493,6 +493,15 @@ def test_rbac_is_off_until_asked_for(helm, default_render):
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"], rule
     assert single(coverage, "ClusterRoleBinding")["subjects"][0]["name"] == account
     assert not by_kind(coverage, "Role")
+    # Exactly the kinds `image-sync discover --cluster` lists, the same rules as the
+    # kustomize component k8s/components/image-sync-coverage.
+    component = yaml.safe_load((REPO / "k8s/components/image-sync-coverage/clusterrole.yaml").read_text())
+    assert cluster_role["rules"] == component["rules"]
+    assert {(rule["apiGroups"][0], res) for rule in component["rules"] for res in rule["resources"]} == {
+        ("", "pods"), ("", "replicationcontrollers"), ("", "podtemplates"),
+        ("apps", "deployments"), ("apps", "replicasets"), ("apps", "statefulsets"), ("apps", "daemonsets"),
+        ("batch", "jobs"), ("batch", "cronjobs")}
+    assert pod(coverage)["automountServiceAccountToken"] is True
 
 
 def test_pushgateway_url_feeds_the_pods(helm, default_render):

@@ -731,7 +731,7 @@ def test_alert_rules_pass_promtool_check(tmp_path):
     proc = subprocess.run([promtool(), "check", "rules", str(rules_file(tmp_path))],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 rules found" in proc.stdout
+    assert "5 rules found" in proc.stdout
 
 
 def test_alert_rules_pass_promtool_unit_tests(tmp_path):
@@ -742,7 +742,8 @@ def test_alert_rules_pass_promtool_unit_tests(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rule = one(MONITORING_COMPONENT / "prometheusrule.yaml", "PrometheusRule")
     names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert names == {"ImageSyncFailed", "ImageSyncStale", "ImageSyncQuotaLow"}
+    assert names == {"ImageSyncFailed", "ImageSyncStale", "ImageSyncQuotaLow",
+                     "ImageSyncUncoveredImages", "ImageSyncCoverageUnknown"}
     tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
     assert tested == names, "every alert has a unit test"
 
@@ -766,3 +767,41 @@ def test_monitoring_overlay_renders_and_feeds_the_cronjob():
 def test_default_kustomization_has_no_monitoring():
     objects = kustomize_build(SYNC_DIR)
     assert not [o for o in objects if o["kind"] == "PrometheusRule"]
+
+
+def test_coverage_component_grants_read_only_workload_access_and_mounts_the_token(tmp_path):
+    """k8s/components/image-sync-coverage in an overlay of infrastructure/image-sync: the
+    ClusterRole reads exactly the workload kinds (no Secrets, no write verb), is bound to the
+    image-sync ServiceAccount, and the CronJob's and the initial Job's pods get the token."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(SYNC_DIR, overlay)],
+        "components": [os.path.relpath(REPO / "k8s/components/image-sync-coverage", overlay)],
+    }))
+    objects = kustomize_build(overlay)
+    for obj in objects:
+        validate(obj, "kustomize build coverage overlay")
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    granted = {(rule["apiGroups"][0], resource, verb)
+               for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    kinds = {("", "pods"), ("", "replicationcontrollers"), ("", "podtemplates"),
+             ("apps", "deployments"), ("apps", "replicasets"), ("apps", "statefulsets"),
+             ("apps", "daemonsets"), ("batch", "jobs"), ("batch", "cronjobs")}
+    assert granted == {(g, r, v) for g, r in kinds for v in ("get", "list", "watch")}
+    binding = next(o for o in objects if o["kind"] == "ClusterRoleBinding")
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": account["metadata"]["namespace"]}]
+    cronjob = next(o for o in objects if o["kind"] == "CronJob")
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # Without the component: no grant, no token.
+    base = kustomize_build(SYNC_DIR)
+    assert not [o for o in base if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert next(o for o in base if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "automountServiceAccountToken"] is False

@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod discover;
+mod discover_cluster;
 mod fault_proxy;
 mod first_hour;
 mod hostile_input;
@@ -11,6 +12,8 @@ mod hostile_registry;
 mod nodes;
 mod pins;
 mod platforms;
+mod prune;
+mod prune_properties;
 mod quota;
 mod referrers;
 mod registry_client;

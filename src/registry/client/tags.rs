@@ -44,7 +44,19 @@ pub struct TagList {
 impl Client {
     /// Lists the tags of `repository` upstream, `page` tags per request, within `budget`.
     pub async fn list_tags(&self, repository: &Repository, page: u32, budget: Duration) -> TagList {
-        let session = match self.session(repository, Side::Upstream, budget).await {
+        self.list_tags_on(repository, Side::Upstream, page, budget)
+            .await
+    }
+
+    /// Lists the tags of `repository` on `side` (the cache, for prune and its records).
+    pub async fn list_tags_on(
+        &self,
+        repository: &Repository,
+        side: Side,
+        page: u32,
+        budget: Duration,
+    ) -> TagList {
+        let session = match self.session(repository, side, budget).await {
             Ok(session) => session,
             Err(refusal) => {
                 return TagList {

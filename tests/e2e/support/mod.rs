@@ -2,6 +2,7 @@
 //! runs the real `image-sync` binary.
 
 pub mod containerd;
+pub mod control_plane;
 pub mod dns;
 pub mod fault;
 pub mod image;

@@ -1,0 +1,281 @@
+//! `image-sync prune` against a real Distribution registry with deletes enabled (it deletes
+//! by digest only), and behind the fault proxy imitating Zot (which deletes a tag alone):
+//! only tags image-sync recorded writing and the config no longer lists go; a listed tag,
+//! a tag someone else pushed, a tag pushed over, and a digest a staying tag holds stay;
+//! dry run by default; `--max-deletions`; records of concurrent shards are all seen; a
+//! config error deletes nothing; `settings.prune` after a complete run only. Prune sends
+//! no upstream request.
+
+use serde_json::Value;
+
+use crate::support::fault::{Fault, FaultProxy, Rule};
+use crate::support::image::{self, Format, Kind, OciLayout};
+use crate::support::runner::{ImageSync, Outcome};
+use crate::support::{self, Pair};
+
+fn config(cache: &str, up: &str, images: &[(&str, &str)], extra: &str) -> String {
+    let mut text = format!("cache_registry: \"{cache}\"\nimages:\n");
+    for (repo, tag) in images {
+        text.push_str(&format!(
+            "  - {{source: \"{up}/{repo}\", tag: \"{tag}\"}}\n"
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
+fn prune(config: &str, args: &[&str]) -> Outcome {
+    ImageSync::new()
+        .config(config)
+        .arg("prune")
+        .args(args)
+        .run()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    let mut list: Vec<String> = value
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .collect();
+    list.sort();
+    list
+}
+
+fn why<'a>(report: &'a Value, image: &str) -> &'a str {
+    report["prune"]["kept"]
+        .as_array()
+        .expect("kept")
+        .iter()
+        .find(|kept| kept["image"] == image)
+        .and_then(|kept| kept["why"].as_str())
+        .unwrap_or_else(|| panic!("{image} not kept: {report}"))
+}
+
+/// Pushes `app:1`, `app:2` and `app:3` (2 and 3: one digest), `app:4` and `lib:1`.
+fn upstream_images(pair: &Pair) {
+    let up = pair.upstream.host();
+    for (seed, tag) in [("p1", "app:1"), ("p4", "app:4"), ("pl", "lib:1")] {
+        image::push_new(
+            &pair.tools,
+            Kind::Single,
+            seed,
+            &format!("{up}/{tag}"),
+            Format::Oci,
+        );
+    }
+    let twin = OciLayout::new(Kind::Single, "p2", 64);
+    twin.push(&pair.tools, &format!("{up}/app:2"), Format::Oci);
+    twin.push(&pair.tools, &format!("{up}/app:3"), Format::Oci);
+}
+
+const ALL: &[(&str, &str)] = &[
+    ("app", "1"),
+    ("app", "2"),
+    ("app", "3"),
+    ("app", "4"),
+    ("lib", "1"),
+];
+
+#[test]
+fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_on_distribution() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    upstream_images(&pair);
+    let full = config(&c, &up, ALL, "");
+    ImageSync::new().config(&full).run().expect_code(0);
+    // Someone else's tag, and a tag image-sync wrote that someone pushed over.
+    image::push_new(
+        &pair.tools,
+        Kind::Single,
+        "theirs",
+        &format!("{c}/app:theirs"),
+        Format::Oci,
+    );
+    image::push_new(
+        &pair.tools,
+        Kind::Single,
+        "over",
+        &format!("{c}/app:4"),
+        Format::Oci,
+    );
+
+    // The config now lists app:1 and app:3 only.
+    let cut = config(&c, &up, &[("app", "1"), ("app", "3")], "");
+    let upstream_before = pair.upstream.counts();
+    let cache_before = pair.cache.requests().len();
+    let dry = prune(&cut, &[]);
+    dry.expect_code(0);
+    let report = dry.report();
+    assert_eq!(
+        strings(&report["prune"]["would_delete"]),
+        [format!("{c}/lib:1")],
+        "{}",
+        dry.stderr
+    );
+    assert!(strings(&report["prune"]["deleted"]).is_empty());
+    assert_eq!(report["prune"]["deletes"], "digest");
+    assert_eq!(why(report, &format!("{c}/app:1")), "listed in the config");
+    assert!(why(report, &format!("{c}/app:2")).contains("also tagged `3`"));
+    assert!(why(report, &format!("{c}/app:4")).contains("did not write"));
+    assert!(
+        !report.to_string().contains("app:theirs"),
+        "a tag image-sync never wrote is not even considered"
+    );
+    // A dry run deletes nothing: only the two probes, which name nothing that exists.
+    let deletes: Vec<String> = pair.cache.requests()[cache_before..]
+        .iter()
+        .filter(|(method, _, _)| method == "DELETE")
+        .map(|(_, path, _)| path.clone())
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(
+        deletes
+            .iter()
+            .all(|path| path.contains("image-sync/records"))
+    );
+
+    // Over the cap: nothing deleted, exit 1.
+    let capped = prune(&cut, &["--apply", "--max-deletions", "0"]);
+    capped.expect_code(1);
+    assert!(strings(&capped.report()["prune"]["deleted"]).is_empty());
+    assert!(image::digest_of(&pair.tools, &format!("{c}/lib:1")).is_some());
+
+    // A config error: exit 2, nothing deleted.
+    prune("cache_registry: \"\"\nimages: []\n", &["--apply"]).expect_code(2);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/lib:1")).is_some());
+
+    let applied = prune(&cut, &["--apply"]);
+    applied.expect_code(0);
+    assert_eq!(
+        strings(&applied.report()["prune"]["deleted"]),
+        [format!("{c}/lib:1")]
+    );
+    assert_eq!(image::digest_of(&pair.tools, &format!("{c}/lib:1")), None);
+    for kept in ["app:1", "app:2", "app:3", "app:4", "app:theirs"] {
+        assert!(
+            image::digest_of(&pair.tools, &format!("{c}/{kept}")).is_some(),
+            "{kept} stays"
+        );
+    }
+    assert_eq!(
+        pair.upstream.counts() - upstream_before,
+        Default::default(),
+        "prune asks the upstream nothing"
+    );
+    // The records were merged into one.
+    let records = std::process::Command::new(&pair.tools.crane)
+        .args(["ls", &format!("{c}/image-sync/records")])
+        .output()
+        .expect("crane ls");
+    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 1);
+
+    // A second prune finds nothing more to delete; the listed tags are still kept.
+    let again = prune(&cut, &["--apply"]);
+    again.expect_code(0);
+    assert!(strings(&again.report()["prune"]["would_delete"]).is_empty());
+    assert_eq!(
+        why(again.report(), &format!("{c}/app:3")),
+        "listed in the config"
+    );
+}
+
+#[test]
+fn behind_a_cache_that_deletes_tags_alone_a_shared_digest_loses_only_its_unlisted_tag() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let up = pair.upstream.host();
+    upstream_images(&pair);
+    // Zot: a tag DELETE removes that tag only (202), a missing tag is a 404.
+    let proxy = FaultProxy::start(pair.cache.host())
+        .rule(
+            Rule::new("DELETE", "/manifests/image-sync-delete-probe").respond(
+                Fault::registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown (zot)"),
+            ),
+        )
+        .rule(Rule::new("DELETE", "/v2/app/manifests/2").respond(Fault::status(202)));
+    let c = proxy.host();
+    ImageSync::new()
+        .config(&config(&c, &up, ALL, ""))
+        .run()
+        .expect_code(0);
+    let cut = config(
+        &c,
+        &up,
+        &[("app", "1"), ("app", "3"), ("app", "4"), ("lib", "1")],
+        "",
+    );
+    let applied = prune(&cut, &["--apply"]);
+    applied.expect_code(0);
+    let report = applied.report();
+    assert_eq!(report["prune"]["deletes"], "tag");
+    assert_eq!(strings(&report["prune"]["deleted"]), [format!("{c}/app:2")]);
+    let deletes: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter(|seen| seen.method == "DELETE" && seen.path.starts_with("/v2/app/"))
+        .map(|seen| seen.path.clone())
+        .collect();
+    assert_eq!(deletes, ["/v2/app/manifests/2"], "by tag, never by digest");
+    assert!(image::digest_of(&pair.tools, &format!("{}/app:3", pair.cache.host())).is_some());
+}
+
+#[test]
+fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_complete_run_only() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    upstream_images(&pair);
+    let full = config(&c, &up, ALL, "");
+    // Two shards at once, each recording what it wrote.
+    let runs: Vec<_> = (0..2)
+        .map(|index| {
+            let run = ImageSync::new()
+                .config(&full)
+                .arg("--shard")
+                .arg(format!("{index}/2"));
+            let child = run.spawn();
+            (run, child)
+        })
+        .collect();
+    for (_run, child) in runs {
+        let done = crate::support::runner::outcome(child.wait_with_output().expect("wait"));
+        done.expect_code(0);
+    }
+    let records = std::process::Command::new(&pair.tools.crane)
+        .args(["ls", &format!("{c}/image-sync/records")])
+        .output()
+        .expect("crane ls");
+    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 2);
+    // Nothing listed any more but app:1: every other tag of both shards would go (app:2
+    // and app:3 share a digest, so both go with it).
+    let only = config(&c, &up, &[("app", "1")], "settings:\n  prune: true\n");
+    let dry = prune(&only, &[]);
+    dry.expect_code(0);
+    assert_eq!(
+        strings(&dry.report()["prune"]["would_delete"]),
+        ["app:2", "app:3", "app:4", "lib:1"].map(|t| format!("{c}/{t}"))
+    );
+    // A sharded run never prunes; a complete one does.
+    let sharded = ImageSync::new()
+        .config(&only)
+        .arg("--shard")
+        .arg("0/1")
+        .run();
+    sharded.expect_code(0);
+    assert!(sharded.report().get("prune").is_none());
+    assert!(image::digest_of(&pair.tools, &format!("{c}/lib:1")).is_some());
+    let complete = ImageSync::new().config(&only).run();
+    complete.expect_code(0);
+    assert_eq!(
+        strings(&complete.report()["prune"]["deleted"]),
+        ["app:2", "app:3", "app:4", "lib:1"].map(|t| format!("{c}/{t}"))
+    );
+    assert_eq!(image::digest_of(&pair.tools, &format!("{c}/lib:1")), None);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
+}

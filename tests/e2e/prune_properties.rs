@@ -1,0 +1,146 @@
+//! Properties of the prune decision (`image_sync::run::prune::decide`), for random
+//! configs, records and cache contents, under each way a cache deletes: no listed tag, no
+//! tag image-sync did not write (or that someone else pushed over), and, where the cache
+//! deletes by digest only, no digest that a staying tag holds or that an index a staying
+//! tag holds lists, is ever deleted. Fixed seed in CI (`PROPTEST_RNG_SEED`), failures
+//! persisted (see `crate::hostile_input::persisted`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use image_sync::run::prune::decide::{Contents, Deletes, Inputs, Target, decide};
+use proptest::prelude::*;
+
+use crate::hostile_input::persisted;
+
+const REPOS: &[&str] = &["app", "lib/a", "team/b"];
+const TAGS: &[&str] = &["1", "2", "3", "latest", "old", "x"];
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+/// One repository's random state: per tag, the digest the cache holds (or none), whether
+/// image-sync wrote it (and which digest), whether the config lists it; and which digests
+/// are indexes listing which others.
+fn inputs() -> impl Strategy<Value = Inputs> {
+    let tag_state = (
+        proptest::option::of(0_u8..6),
+        proptest::option::of(0_u8..6),
+        any::<bool>(),
+    );
+    let repo_state = (
+        proptest::collection::vec(tag_state, TAGS.len()),
+        proptest::collection::vec((0_u8..6, 0_u8..6), 0..4),
+        any::<bool>(),
+    );
+    (
+        proptest::collection::vec(repo_state, REPOS.len()),
+        prop_oneof![
+            Just(Deletes::ByTag),
+            Just(Deletes::ByDigest),
+            Just(Deletes::Disabled)
+        ],
+    )
+        .prop_map(|(repos, deletes)| {
+            let mut inputs = Inputs {
+                deletes,
+                ..Inputs::default()
+            };
+            for (repo, (tags, links, ruled)) in REPOS.iter().zip(repos) {
+                let mut contents = Contents::default();
+                for (tag, (held, written, listed)) in TAGS.iter().zip(tags) {
+                    let key = ((*repo).to_owned(), (*tag).to_owned());
+                    if let Some(held) = held {
+                        contents.tags.insert((*tag).to_owned(), digest(held));
+                    }
+                    if let Some(written) = written {
+                        inputs
+                            .written
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(digest(written));
+                    }
+                    if listed {
+                        inputs.listed.insert(key);
+                    }
+                }
+                for (index, child) in links {
+                    contents
+                        .children
+                        .entry(digest(index))
+                        .or_default()
+                        .insert(digest(child));
+                }
+                if ruled {
+                    inputs.ruled.insert((*repo).to_owned());
+                }
+                inputs.cache.insert((*repo).to_owned(), contents);
+            }
+            inputs
+        })
+}
+
+proptest! {
+    #![proptest_config(persisted(512))]
+
+    #[test]
+    fn prune_never_deletes_a_listed_foreign_or_shared_tag(inputs in inputs()) {
+        let decision = decide(&inputs);
+        let mut deleted: BTreeSet<(String, String)> = BTreeSet::new();
+        for deletion in &decision.delete {
+            let contents = &inputs.cache[&deletion.repository];
+            // What the deletion really removes from the cache.
+            let removed: Vec<String> = match &deletion.target {
+                Target::Tag(tag) => {
+                    prop_assert_eq!(inputs.deletes, Deletes::ByTag);
+                    vec![tag.clone()]
+                }
+                Target::Digest { digest, tags } => {
+                    prop_assert_eq!(inputs.deletes, Deletes::ByDigest);
+                    let holding: Vec<String> = contents
+                        .tags
+                        .iter()
+                        .filter(|(_, held)| *held == digest)
+                        .map(|(tag, _)| tag.clone())
+                        .collect();
+                    // Deleting a digest removes every tag on it: all of them were meant to go.
+                    prop_assert_eq!(&holding, tags);
+                    // No other tag holds an index listing it.
+                    for (tag, held) in &contents.tags {
+                        if !tags.contains(tag) {
+                            let lists = contents
+                                .children
+                                .get(held)
+                                .is_some_and(|children| children.contains(digest));
+                            prop_assert!(!lists, "{digest} is listed by {held} held by staying tag {tag}");
+                        }
+                    }
+                    holding
+                }
+            };
+            for tag in removed {
+                deleted.insert((deletion.repository.clone(), tag));
+            }
+        }
+        prop_assert!(inputs.deletes != Deletes::Disabled || deleted.is_empty());
+        for key in &deleted {
+            prop_assert!(!inputs.listed.contains(key), "listed tag deleted: {key:?}");
+            prop_assert!(!inputs.ruled.contains(&key.0), "tag-rules repository touched: {key:?}");
+            let held = &inputs.cache[&key.0].tags[&key.1];
+            let written: &BTreeSet<String> = inputs
+                .written
+                .get(key)
+                .ok_or_else(|| TestCaseError::fail(format!("foreign tag deleted: {key:?}")))?;
+            prop_assert!(written.contains(held), "a tag someone else pushed over was deleted: {key:?}");
+        }
+        // Every recorded tag that is in the cache and not deleted has a reason to stay.
+        let kept: BTreeMap<_, _> = decision.kept.iter().cloned().collect();
+        for key in inputs.written.keys() {
+            let present = inputs.cache.get(&key.0).is_some_and(|c| c.tags.contains_key(&key.1));
+            if present && !deleted.contains(key) {
+                prop_assert!(kept.contains_key(key), "{key:?} neither deleted nor kept with a reason");
+            }
+        }
+        prop_assert_eq!(decision.deleted_tags(), deleted.len());
+    }
+}
