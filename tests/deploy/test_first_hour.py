@@ -1,6 +1,7 @@
 """The README's way in, checked: "Try it" is two commands that exist, an Install section
 comes before Usage, the demo shows its build, and the docs' ConfigMap check (README and
-docs/src) runs as written with the binary alone (no yq)."""
+docs/src) runs as written with the binary alone (no yq); the README's minimal config
+passes `image-sync --check`."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def test_the_docs_configmap_check_runs_as_written():
         proc = subprocess.run([str(binary), *argv[1:]], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{proc.stderr}"
+
+
+def test_the_readmes_minimal_config_passes_check(tmp_path):
+    binary = Path(os.environ.get("IMAGE_SYNC_BIN", REPO / "target/debug/image-sync"))
+    block = re.search(r"```yaml\n(.*?)```", section("A minimal config"), re.S)
+    assert block, "A minimal config has a yaml block"
+    config = tmp_path / "config.yaml"
+    config.write_text(block.group(1))
+    proc = subprocess.run([str(binary), "--check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"
+    assert "library/nginx" in proc.stderr, proc.stderr
