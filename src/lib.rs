@@ -161,7 +161,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     report.quota = quota;
     report.shard = shard;
     report.tag_lists = tag_lists;
-    report.print(&mut std::io::stdout().lock());
+    let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    report.print(&mut std::io::stdout().lock(), pretty);
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {
             Some(quota) => tracing::info!(
