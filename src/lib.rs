@@ -232,7 +232,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     }
     // Closes pooled connections, so that the descriptors counted below are leaks only.
     drop(toolbox);
-    report.print(&mut std::io::stdout().lock());
+    let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    report.print(&mut std::io::stdout().lock(), pretty);
     for (registry, (heads, gets)) in &requests {
         match report.quota.get(registry) {
             Some(quota) => tracing::info!(

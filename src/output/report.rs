@@ -217,12 +217,22 @@ impl Report {
         }
     }
 
-    /// Writes the report as pretty JSON plus a newline. A closed stdout (`| head`) is not
-    /// an error worth failing the run for: the images were synced regardless.
-    pub fn print(&self, out: &mut impl Write) {
-        let written = serde_json::to_writer_pretty(&mut *out, self)
+    /// Writes the report as JSON plus a newline: pretty for a terminal, else on one line,
+    /// written at once, so that a log line on stderr cannot land inside it where a container
+    /// runtime merges both streams line by line (`kubectl logs`). A closed stdout (`| head`)
+    /// is not an error worth failing the run for: the images were synced regardless.
+    pub fn print(&self, out: &mut impl Write, pretty: bool) {
+        let text = if pretty {
+            serde_json::to_vec_pretty(self)
+        } else {
+            serde_json::to_vec(self)
+        };
+        let written = text
             .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
+            .and_then(|mut text| {
+                text.push(b'\n');
+                out.write_all(&text)
+            })
             .and_then(|()| out.flush());
         if let Err(err) = written {
             tracing::warn!(error = %err, "could not write the report to stdout");
@@ -311,6 +321,25 @@ mod tests {
                 Ok(())
             }
         }
-        Report::new("c", true, vec![result(Action::WouldPull)]).print(&mut Closed);
+        Report::new("c", true, vec![result(Action::WouldPull)]).print(&mut Closed, false);
+    }
+
+    #[test]
+    fn off_a_terminal_the_report_is_one_line_so_merged_logs_cannot_split_it() {
+        let report = Report::new("c", false, vec![result(Action::Pulled)]);
+        let mut one_line = Vec::new();
+        report.print(&mut one_line, false);
+        let text = String::from_utf8(one_line).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with('\n'));
+        let mut pretty = Vec::new();
+        report.print(&mut pretty, true);
+        let pretty = String::from_utf8(pretty).expect("utf-8");
+        assert!(pretty.lines().count() > 10, "{pretty}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<serde_json::Value>(&pretty).expect("json")
+        );
     }
 }
