@@ -478,3 +478,24 @@ fn a_sync_run_with_coverage_reports_the_clusters_uncovered_images() {
     assert!(run.report().get("coverage").is_none());
     assert_eq!(plane.audit_events().len(), before_api);
 }
+
+#[test]
+fn an_unreachable_api_server_is_an_error_not_a_hang() {
+    let port = crate::support::registry::free_port();
+    let run = ImageSync::new();
+    let kubeconfig = run.write(
+        "kubeconfig",
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{port}\nusers:\n- name: u\n  user:\n    token: x\ncontexts:\n- name: gone\n  context: {{cluster: gone, user: u}}\ncurrent-context: gone\n").as_bytes(),
+    );
+    let run = run
+        .args(["discover", "--cluster", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .run_within(std::time::Duration::from_secs(60));
+    run.expect_code(2);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr.contains("cannot list Pods in all namespaces"),
+        "{}",
+        run.stderr
+    );
+}
