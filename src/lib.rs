@@ -4,6 +4,8 @@
 //! [`run`] is the whole program: load and validate the config into a [`input::plan::Plan`], find
 //! the tools, sync every image, print the [`output::report::Report`], and return the exit code.
 
+pub mod cluster;
+pub mod discover;
 pub mod input;
 pub mod nodes;
 pub mod output;
@@ -53,6 +55,9 @@ pub fn run(cli: &Cli) -> u8 {
     if let Some(command) = &cli.command {
         if let Some(code) = print_generated(command) {
             return code;
+        }
+        if let cli::Command::Discover(args) = command {
+            return discover::command::run(args);
         }
     }
     let plan = match load_plan(cli) {

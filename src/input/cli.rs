@@ -78,6 +78,12 @@ pub enum Command {
     /// Delete from the cache the tags image-sync wrote that the config no longer lists
     /// (a dry run unless `--apply`); prints `{"prune": ...}` on stdout.
     Prune(PruneArgs),
+    /// Print the images that workloads pull, from manifests (`kustomize build ... |
+    /// image-sync discover --manifests -`) and/or the live cluster; with `--against`, which
+    /// of them the config's cache would not serve. Exit 0 done (with `--against`: all
+    /// covered), 1 an invalid reference (with `--against`: or an uncovered image), 2 usage,
+    /// config or input error.
+    Discover(DiscoverArgs),
 }
 
 /// `image-sync prune`.
@@ -90,6 +96,42 @@ pub struct PruneArgs {
     /// Above this many tags to delete, nothing is deleted and the exit code is 1.
     #[arg(long, value_name = "N", default_value_t = crate::run::prune::DEFAULT_MAX_DELETIONS)]
     pub max_deletions: u32,
+}
+
+/// `image-sync discover`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("sources").required(true).multiple(true).args(["manifests", "cluster"])))]
+pub struct DiscoverArgs {
+    /// A manifest file, a directory (recursive `*.yaml`, `*.yml`, `*.json`), or `-` for
+    /// stdin; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+
+    /// List the live cluster's workloads (read-only), through `--kubeconfig`, else
+    /// `KUBECONFIG` (or `~/.kube/config`), else the in-cluster service account.
+    #[arg(long)]
+    pub cluster: bool,
+
+    /// The kubeconfig for `--cluster`.
+    #[arg(long, value_name = "PATH", requires = "cluster")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Only this namespace (repeatable); every namespace by default.
+    #[arg(long, value_name = "NS", requires = "cluster")]
+    pub namespace: Vec<String>,
+
+    /// Check the images against this config: print `{"uncovered", "unused", "invalid"}` and
+    /// exit 1 when an image is not covered.
+    #[arg(long, value_name = "CONFIG")]
+    pub against: Option<PathBuf>,
+
+    /// Output format (ignored with `--against`).
+    #[arg(long, value_enum, default_value_t = crate::discover::format::Format::List, value_name = "FORMAT")]
+    pub format: crate::discover::format::Format,
+
+    /// Objects per list request to the API server.
+    #[arg(long, value_name = "N", hide = true, default_value_t = crate::discover::cluster::DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
 }
 
 /// `image-sync completions`.
@@ -129,7 +171,10 @@ pub fn generated_text(command: &Command) -> Option<Vec<u8>> {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut out)
             .ok()?,
-        Command::HostsToml(_) | Command::ConfigSchema | Command::Prune(_) => return None,
+        Command::HostsToml(_)
+        | Command::ConfigSchema
+        | Command::Prune(_)
+        | Command::Discover(_) => return None,
     }
     Some(out)
 }

@@ -53,6 +53,8 @@ pub enum ReferenceError {
     BadTag,
     /// A path holds a tag or digest separator.
     SeparatorInPath,
+    /// The part after `@` of an image reference is not a `sha256:`/`sha512:` digest.
+    BadDigest,
 }
 
 impl fmt::Display for ReferenceError {
@@ -102,6 +104,10 @@ impl fmt::Display for ReferenceError {
                 "is not a valid tag (1 to {MAX_TAG_LEN} characters of `A-Za-z0-9_.-`, not starting with `.` or `-`)"
             ),
             Self::SeparatorInPath => write!(f, "contains `:` or `@`; a path has no tag or digest"),
+            Self::BadDigest => write!(
+                f,
+                "has an invalid digest after `@` (expected `sha256:` and 64 lowercase hex digits, or `sha512:` and 128)"
+            ),
         }
     }
 }
@@ -223,7 +229,7 @@ impl fmt::Display for Tag {
 }
 
 /// A content digest (`sha256:<64 hex>` or `sha512:<128 hex>`), as a registry reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
 
 impl Digest {
@@ -259,6 +265,91 @@ impl Digest {
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A whole image reference as a pod spec writes it (`nginx`, `org/app:1`,
+/// `host:5000/app:v1@sha256:...`), normalised the way Docker and containerd resolve it: a
+/// short name is Docker Hub's (`docker.io/library/nginx`), a missing tag is `latest`, a host
+/// keeps its port, and a reference with a digest is pulled by that digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    repository: Repository,
+    tag: Option<Tag>,
+    digest: Option<Digest>,
+}
+
+/// The tag Docker and containerd pull when a reference names none.
+pub const DEFAULT_TAG: &str = "latest";
+
+impl ImageRef {
+    /// Parses `NAME[:TAG][@DIGEST]`, with the same grammar and checks as a config source.
+    pub fn parse(raw: &str) -> Result<Self, ReferenceError> {
+        check_common(raw)?;
+        let (name_tag, digest) = match raw.split_once('@') {
+            Some((name_tag, digest)) => (
+                name_tag,
+                Some(Digest::parse(digest).ok_or(ReferenceError::BadDigest)?),
+            ),
+            None => (raw, None),
+        };
+        // A `:` after the last `/` starts the tag; one before it belongs to a host's port.
+        let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name_tag[last_slash..].rfind(':') {
+            Some(colon) => {
+                let colon = last_slash + colon;
+                (
+                    &name_tag[..colon],
+                    Some(Tag::parse(&name_tag[colon + 1..])?),
+                )
+            }
+            None => (name_tag, None),
+        };
+        let repository = Repository::parse_source(name)?;
+        Ok(Self {
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// The repository, normalised.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// The tag as written, if any (`NAME:TAG@DIGEST` keeps it here though it prints without).
+    pub fn written_tag(&self) -> Option<&Tag> {
+        self.tag.as_ref()
+    }
+
+    /// The tag a node resolves when it pulls by tag: the written one, else `latest`. `None`
+    /// when the reference has a digest (the node pulls by digest, the tag plays no part).
+    pub fn pulled_tag(&self) -> Option<Tag> {
+        if self.digest.is_some() {
+            return None;
+        }
+        Some(
+            self.tag
+                .clone()
+                .unwrap_or_else(|| Tag(DEFAULT_TAG.to_owned())),
+        )
+    }
+
+    /// The digest, if the reference has one.
+    pub fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
+    }
+}
+
+/// `host/path@digest` when there is a digest, else `host/path:tag` (`latest` when none).
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.digest, &self.tag) {
+            (Some(digest), _) => write!(f, "{}@{digest}", self.repository),
+            (None, Some(tag)) => write!(f, "{}:{tag}", self.repository),
+            (None, None) => write!(f, "{}:{DEFAULT_TAG}", self.repository),
+        }
     }
 }
 
@@ -552,6 +643,81 @@ mod tests {
             Digest::of_bytes(b"").as_str(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    fn image(raw: &str) -> String {
+        ImageRef::parse(raw)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn image_references_normalise_like_docker_and_containerd() {
+        let hex = "b".repeat(64);
+        for (raw, normal) in [
+            ("nginx", "docker.io/library/nginx:latest".to_owned()),
+            ("nginx:1.27", "docker.io/library/nginx:1.27".to_owned()),
+            ("org/app:1", "docker.io/org/app:1".to_owned()),
+            (
+                "docker.io/nginx",
+                "docker.io/library/nginx:latest".to_owned(),
+            ),
+            (
+                "index.docker.io/org/app:2",
+                "docker.io/org/app:2".to_owned(),
+            ),
+            (
+                "registry-1.docker.io/library/redis:7",
+                "docker.io/library/redis:7".to_owned(),
+            ),
+            ("localhost:5000/app", "localhost:5000/app:latest".to_owned()),
+            (
+                "127.0.0.1:5000/team/app:v1",
+                "127.0.0.1:5000/team/app:v1".to_owned(),
+            ),
+            ("[::1]:5000/app:v1", "[::1]:5000/app:v1".to_owned()),
+            ("GHCR.io/team/app:V1", "ghcr.io/team/app:V1".to_owned()),
+            (
+                &format!("nginx@sha256:{hex}"),
+                format!("docker.io/library/nginx@sha256:{hex}"),
+            ),
+            (
+                &format!("quay.io/a/b:1.2@sha256:{hex}"),
+                format!("quay.io/a/b@sha256:{hex}"),
+            ),
+        ] {
+            assert_eq!(image(raw), normal, "{raw}");
+            // Normalising is idempotent: the printed form reads back to itself.
+            assert_eq!(image(&normal), normal, "{normal}");
+        }
+        let pinned = ImageRef::parse(&format!("app:1.2@sha256:{hex}")).expect("valid");
+        assert_eq!(pinned.written_tag().map(Tag::as_str), Some("1.2"));
+        assert_eq!(pinned.pulled_tag(), None);
+        assert_eq!(
+            ImageRef::parse("app")
+                .expect("valid")
+                .pulled_tag()
+                .map(|t| t.0),
+            Some("latest".to_owned())
+        );
+    }
+
+    #[test]
+    fn invalid_image_references_say_why() {
+        assert!(image("").contains("is empty"));
+        assert!(image("nginx@sha256:abc").contains("invalid digest"));
+        assert!(image("nginx@latest").contains("invalid digest"));
+        assert!(image("nginx:").contains("is empty"));
+        assert!(image("nginx:a$b").contains("not a valid tag"));
+        assert!(
+            image("nginx:a/b").contains("invalid path component")
+                || image("nginx:a/b").contains("registry host")
+        );
+        assert!(image("{{ .Values.image }}").contains("whitespace"));
+        assert!(image("${IMAGE}").contains("invalid path component"));
+        assert!(image("Nginx:1").contains("lowercase"));
+        assert!(image("-x").contains("starts with `-`"));
+        assert!(image("https://ghcr.io/a:1").contains("scheme"));
     }
 
     #[test]

@@ -194,6 +194,14 @@ pub fn version_of(tag: &str) -> Option<Version> {
     Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
 }
 
+/// Whether `rules` would select `tag` if the upstream listed it (`latest: N` aside: that
+/// depends on the other tags listed). Used to tell whether a discovered image is covered.
+pub fn matches(rules: &Rules, tag: &Tag) -> bool {
+    select(rules, &[tag.as_str().to_owned()])
+        .iter()
+        .any(|selected| &selected.tag == tag)
+}
+
 /// The tags `rules` select from `listed` (the upstream's tags), highest first, then the
 /// `include`s not already selected. Listed names that are not valid tags are ignored.
 pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::output::report::{Action, Report};
+use crate::registry::Side;
 
 /// The Pushgateway job name (`URL/metrics/job/image_sync`).
 pub const JOB: &str = "image_sync";
@@ -65,6 +66,41 @@ fn family(registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, 
         family.get_or_create(&labels).set(value);
     }
     registry.register(name, help, family);
+}
+
+/// Failed images counted by (class, side, host); the side and host are empty when the
+/// failure names none (a local error, an internal one).
+fn failures(report: &Report) -> Vec<(Labels, f64)> {
+    let mut counts: BTreeMap<(&str, &str, &str), u32> = BTreeMap::new();
+    for result in &report.results {
+        if result.action != Action::Failed {
+            continue;
+        }
+        let key = result
+            .failure
+            .as_ref()
+            .map_or(("other", "", ""), |failure| {
+                (
+                    failure.class.label(),
+                    failure.side.map_or("", Side::as_str),
+                    failure.host.as_deref().unwrap_or(""),
+                )
+            });
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((class, side, host), count)| {
+            (
+                vec![
+                    ("class".to_owned(), class.to_owned()),
+                    ("side".to_owned(), side.to_owned()),
+                    ("host".to_owned(), host.to_owned()),
+                ],
+                f64::from(count),
+            )
+        })
+        .collect()
 }
 
 fn seconds(time: SystemTime) -> f64 {
@@ -125,6 +161,12 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
                 )
             })
             .collect(),
+    );
+    family(
+        &mut registry,
+        "failures",
+        "Failed images of the last run by their failure's class, side (upstream, cache, local) and registry host.",
+        failures(figures.report),
     );
     family(
         &mut registry,
@@ -323,6 +365,59 @@ mod tests {
         }
         let without = render(&figures(&report), false);
         assert!(!without.contains("last_success"), "{without}");
+    }
+
+    #[test]
+    fn failed_images_are_counted_by_class_side_and_host() {
+        use crate::registry::{Class, Failure};
+        let failed = |failure: Option<Failure>| ImageResult {
+            image: "nginx".into(),
+            tag: "1".into(),
+            action: Action::Failed,
+            remote_digest: None,
+            cached_digest: None,
+            duration_ms: 1,
+            error: Some("failed".into()),
+            tool: None,
+            attempts: 1,
+            check_gets: 0,
+            referrers: None,
+            tag_moved: None,
+            upstream_digest: None,
+            skipped_check: None,
+            selected_by: None,
+            failure,
+            filtered_digest: None,
+            platforms: None,
+        };
+        let missing =
+            Failure::new(Class::ManifestUnknown, "nginx:1").on(Side::Upstream, Some("docker.io"));
+        let refused = Failure::new(Class::WriteRefused, "x").on(Side::Cache, Some("cache:5000"));
+        let mut pulled = failed(None);
+        pulled.action = Action::Pulled;
+        let report = Report::new(
+            "cache:5000",
+            false,
+            vec![
+                failed(Some(missing.clone())),
+                failed(Some(refused)),
+                failed(Some(missing)),
+                failed(Some(Failure::new(Class::Local, "disk full"))),
+                pulled,
+            ],
+        );
+        let text = render(&figures(&report), false);
+        for line in [
+            "image_sync_failures{class=\"manifest_unknown\",side=\"upstream\",host=\"docker.io\"} 2.0",
+            "image_sync_failures{class=\"write_refused\",side=\"cache\",host=\"cache:5000\"} 1.0",
+            "image_sync_failures{class=\"local\",side=\"\",host=\"\"} 1.0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("image_sync_failures{").count(), 3, "{text}");
+        // A run without a failed image writes no series.
+        let clean = Report::new("cache:5000", false, Vec::<ImageResult>::new());
+        assert!(!render(&figures(&clean), true).contains("image_sync_failures{"));
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct ImageResult {
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<String>,
+    /// The typed failure of a failed image (class, side, host): the metrics count failed
+    /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    #[serde(skip)]
+    pub failure: Option<crate::registry::Failure>,
     /// A platform filter applies (`platforms`) and left out platforms: the digest of the
     /// index in the cache, which differs from `remote_digest`. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,6 +232,7 @@ mod tests {
             upstream_digest: None,
             skipped_check: None,
             selected_by: None,
+            failure: None,
             filtered_digest: None,
             platforms: None,
         }

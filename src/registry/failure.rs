@@ -6,6 +6,7 @@
 //! responses, [`super::tool_errors`] from crane's and skopeo's stderr); everything else
 //! matches on their fields, never on their text. The message is redacted and one line.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -98,6 +99,31 @@ impl Class {
     /// Whether this failure means its registry should get no more requests in this run.
     pub fn trips_breaker(self) -> bool {
         matches!(self, Self::RateLimited | Self::Unreachable)
+    }
+
+    /// The class as a metric label (`image_sync_failures{class="manifest_unknown"}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ManifestUnknown => "manifest_unknown",
+            Self::NameUnknown => "name_unknown",
+            Self::Unauthorized => "unauthorized",
+            Self::Denied => "denied",
+            Self::RateLimited => "rate_limited",
+            Self::Unreachable => "unreachable",
+            Self::Transient => "transient",
+            Self::PlainHttp => "plain_http",
+            Self::Certificate => "certificate",
+            Self::WriteRefused => "write_refused",
+            Self::TimedOut => "timed_out",
+            Self::Interrupted => "interrupted",
+            Self::NoTool => "no_tool",
+            Self::ToolFailed => "tool_failed",
+            Self::Local => "local",
+            Self::DigestDrift => "digest_drift",
+            Self::Malformed => "malformed",
+            Self::Skipped => "skipped",
+            Self::Other => "other",
+        }
     }
 
     /// The short cause that opens the report's `error` line.
@@ -205,13 +231,23 @@ impl Failure {
     }
 
     /// What the operator can do about it, when there is something to do.
-    pub fn hint(&self) -> Option<&'static str> {
-        match (self.class, self.code.as_deref()) {
+    pub fn hint(&self) -> Option<Cow<'static, str>> {
+        let fixed = match (self.class, self.code.as_deref()) {
             (Class::WriteRefused, Some("MANIFEST_INVALID" | "UNSUPPORTED")) => Some(DOCKER2S2),
             (Class::WriteRefused, None) if self.status == Some(415) => Some(DOCKER2S2),
             (Class::WriteRefused, Some("DENIED" | "UNAUTHORIZED")) => Some(
                 "the cache refused the push: give the credentials in the Docker config write access to the cache",
             ),
+            (Class::WriteRefused, None) if self.status == Some(413) => Some(
+                "HTTP 413 Request Entity Too Large: the cache, or an ingress in front of it, limits the request body size; raise that limit above the largest layer (nginx ingress: the `nginx.ingress.kubernetes.io/proxy-body-size` annotation, e.g. \"0\"; nginx: client_max_body_size); final, the image is tried again at the next run",
+            ),
+            (Class::WriteRefused, None) if self.status.is_some() => {
+                return self.status.map(|status| {
+                    Cow::Owned(format!(
+                        "the cache refused the write with HTTP {status}: final, no retry in this run; the upstream image is unchanged and the next run tries again"
+                    ))
+                });
+            }
             (Class::WriteRefused, _) => Some(
                 "the cache refused what was written; the upstream image is unchanged and the next run tries again",
             ),
@@ -227,7 +263,8 @@ impl Failure {
                 "a problem on this machine, not the registry's answer: check the file or permission named",
             ),
             _ => None,
-        }
+        };
+        fixed.map(Cow::Borrowed)
     }
 }
 

@@ -99,7 +99,11 @@ fn classify(
         (Some("TOOMANYREQUESTS"), _) | (_, Some(429)) => Class::RateLimited,
         (Some(code), _) if on_cache_write && WRITE_REFUSALS.contains(&code) => Class::WriteRefused,
         (Some("DENIED" | "UNAUTHORIZED"), _) if on_cache_write => Class::WriteRefused,
-        (_, Some(415)) if on_cache_write => Class::WriteRefused,
+        // Every other 4xx to a write is the cache's (or its ingress's) final word, HTML or
+        // JSON: 413 from a body-size limit, 400, 404, 405... Only 408 and 429 may pass.
+        (_, Some(400..=499)) if on_cache_write && !matches!(status, Some(408 | 429)) => {
+            Class::WriteRefused
+        }
         (Some("MANIFEST_UNKNOWN"), _) => Class::ManifestUnknown,
         (Some("NAME_UNKNOWN"), _) => Class::NameUnknown,
         (Some("UNAUTHORIZED"), _) | (_, Some(401)) => Class::Unauthorized,
@@ -517,6 +521,58 @@ mod tests {
             },
             ends,
         )
+    }
+
+    /// An ingress in front of the cache answers a blob upload with an HTML 413 (or any
+    /// other 4xx but 408 and 429): a final refusal of the write, whose hint names the
+    /// status; the same status on a read, or 408/429 on a write, stays what it was.
+    #[test]
+    fn every_4xx_to_a_cache_write_but_408_and_429_is_a_final_refusal() {
+        let html = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>";
+        let too_large = crane(
+            &format!(
+                "PATCH http://{CACHE}/v2/app/one/blobs/uploads/3f1c?_state=x: unexpected status code 413 Request Entity Too Large: {html}"
+            ),
+            copy_ends(),
+        );
+        assert_eq!(too_large.class, Class::WriteRefused);
+        assert_eq!(too_large.side, Some(Side::Cache));
+        assert_eq!(too_large.status, Some(413));
+        assert!(!too_large.class.is_retryable());
+        let shown = too_large.to_string();
+        assert!(
+            shown.contains("HTTP 413") && shown.contains("body size"),
+            "{shown}"
+        );
+        for status in [400_u16, 404, 405, 409, 411, 422] {
+            let refused = crane(
+                &format!(
+                    "PUT http://{CACHE}/v2/app/one/blobs/uploads/3f1c?digest=sha256:ab: unexpected status code {status} Whatever: <html></html>"
+                ),
+                copy_ends(),
+            );
+            assert_eq!(refused.class, Class::WriteRefused, "{status}");
+            assert!(
+                refused.to_string().contains(&format!("HTTP {status}")),
+                "{refused}"
+            );
+        }
+        for (status, class) in [(408_u16, Class::Transient), (429, Class::RateLimited)] {
+            let passing = crane(
+                &format!(
+                    "PATCH http://{CACHE}/v2/app/one/blobs/uploads/3f1c: unexpected status code {status} X: <html></html>"
+                ),
+                copy_ends(),
+            );
+            assert_eq!(passing.class, class, "{status}");
+        }
+        let read = crane(
+            &format!(
+                "GET http://{UP}/v2/app/one/blobs/sha256:ab: unexpected status code 413 Request Entity Too Large: {html}"
+            ),
+            copy_ends(),
+        );
+        assert_ne!(read.class, Class::WriteRefused, "a read is not a write");
     }
 
     /// Lines printed by crane v0.22.1 and skopeo 1.9.3 against Distribution 2.8 and a

@@ -259,12 +259,15 @@ pub fn children(index: &[u8]) -> Vec<Digest> {
     serde_json::from_slice::<Value>(index)
         .ok()
         .and_then(|value| {
-            value.get("manifests").and_then(Value::as_array).map(|children| {
-                children
-                    .iter()
-                    .filter_map(|child| Digest::parse(child.get("digest")?.as_str()?))
-                    .collect()
-            })
+            value
+                .get("manifests")
+                .and_then(Value::as_array)
+                .map(|children| {
+                    children
+                        .iter()
+                        .filter_map(|child| Digest::parse(child.get("digest")?.as_str()?))
+                        .collect()
+                })
         })
         .unwrap_or_default()
 }

@@ -315,15 +315,13 @@ async fn contents(
         };
         if crate::run::platforms::is_index(&head.media_type)
             && !contents.children.contains_key(head.digest.as_str())
-        {
-            if let Some(fetched) = client
+            && let Some(fetched) = client
                 .get_manifest(repository, head.digest.as_str(), Side::Cache, budget)
                 .await?
-            {
-                contents
-                    .children
-                    .insert(head.digest.to_string(), children(&fetched.bytes));
-            }
+        {
+            contents
+                .children
+                .insert(head.digest.to_string(), children(&fetched.bytes));
         }
         contents.tags.insert(tag, head.digest.to_string());
     }

@@ -268,15 +268,15 @@ async fn preflight(plan: &Plan, context: &Context) {
             &context.cancel,
         )
         .await;
-    if let Err(failure) = probe.outcome {
-        if failure.class.trips_breaker() || failure.class == Class::TimedOut {
-            context.breakers.trip(&failure);
-            tracing::error!(
-                registry = %first.target.host(),
-                cause = %failure,
-                "the cache registry is down: every image fails with this cause"
-            );
-        }
+    if let Err(failure) = probe.outcome
+        && (failure.class.trips_breaker() || failure.class == Class::TimedOut)
+    {
+        context.breakers.trip(&failure);
+        tracing::error!(
+            registry = %first.target.host(),
+            cause = %failure,
+            "the cache registry is down: every image fails with this cause"
+        );
     }
 }
 
@@ -423,10 +423,9 @@ async fn filtered_cache(
         )
         .await;
     let recorded = match fetched {
-        Ok(Some(fetched)) => platforms::recorded(&fetched.bytes).map(|recorded| {
-            outcome.children = platforms::children(&fetched.bytes);
-            recorded
-        }),
+        Ok(Some(fetched)) => {
+            platforms::recorded(&fetched.bytes).map(|recorded| (recorded, fetched.bytes))
+        }
         Ok(None) => None,
         Err(failure) => {
             tracing::debug!(image = %job.image, tag = %job.tag, cause = %failure, "cannot read the cached index's annotations; copying");
@@ -434,10 +433,11 @@ async fn filtered_cache(
         }
     };
     match recorded {
-        Some(recorded)
+        Some((recorded, bytes))
             if recorded.upstream == *remote
                 && recorded.filter == crate::input::platforms::describe(wanted) =>
         {
+            outcome.children = platforms::children(&bytes);
             outcome.filtered = Some(cached);
             outcome.platforms = Some(recorded.kept);
             Some(remote.clone())
@@ -829,7 +829,9 @@ impl<'a> Outcome<'a> {
     fn failed(mut self, tool: Option<Tool>, failure: &Failure) -> ImageResult {
         self.tool = tool.or(self.tool);
         tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
-        self.into_result(Action::Failed, Some(failure.to_string()))
+        let mut result = self.into_result(Action::Failed, Some(failure.to_string()));
+        result.failure = Some(failure.clone());
+        result
     }
 
     /// Not started, for a reason that is the whole error (`quota reserve: ...`).
@@ -860,6 +862,7 @@ impl<'a> Outcome<'a> {
             upstream_digest: self.upstream.as_ref().map(ToString::to_string),
             skipped_check: self.skipped_check,
             selected_by: self.job.selected_by.clone(),
+            failure: None,
             filtered_digest: self.filtered.as_ref().map(ToString::to_string),
             platforms: self.platforms,
         }

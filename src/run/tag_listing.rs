@@ -102,6 +102,7 @@ pub async fn expand(
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
+                        failure: Some(failure),
                         filtered_digest: None,
                         platforms: None,
                     },

@@ -574,9 +574,9 @@ def test_dashboard_covers_the_runs_story():
     assert all(p["datasource"]["uid"] == "${datasource}" for p in board["panels"])
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    # Last success age, images by action, pulls and quota per registry, failures, run
-    # duration, tag moves. (Failure class and host: not in the metrics yet.)
-    assert {"image_sync_last_success_timestamp_seconds", "image_sync_images",
+    # Last success age, images by action, pulls and quota per registry, failures by class
+    # and host, run duration, tag moves.
+    assert {"image_sync_last_success_timestamp_seconds", "image_sync_images", "image_sync_failures",
             "image_sync_manifest_requests", "image_sync_ratelimit_remaining",
             "image_sync_ratelimit_limit", "image_sync_exit_code",
             "image_sync_run_duration_seconds", "image_sync_tag_moved"} <= queried_metrics()
@@ -846,7 +846,8 @@ def run_image_sync(config: dict, tmp_path: Path, name: str, *args: str) -> tuple
 def real_runs(tmp_path_factory):
     """Real runs against real registries, written to files and pushed to a real
     Pushgateway that a real Prometheus scrapes: a failed run, a shard of an initial sync,
-    and a successful run (the last two pushed)."""
+    a successful run, and the failed run again (the last three pushed: the CronJob's group
+    ends as a failed run that kept the last success)."""
     crane = tool("crane", "scripts/install-test-tools")
     tmp_path = tmp_path_factory.mktemp("runs")
     with Registry(tmp_path / "upstream") as upstream, Registry(tmp_path / "cache") as cache, \
@@ -871,10 +872,13 @@ def real_runs(tmp_path_factory):
                                     "--shard", "0/1", "--pushgateway", pushgateway.url),
             "ok": run_image_sync({**config, "images": images}, tmp_path, "ok",
                                  "--pushgateway", pushgateway.url),
+            "failed again": run_image_sync({**config, "images": [*images, missing]}, tmp_path, "failed-again",
+                                           "--pushgateway", pushgateway.url),
         }
         # Until Prometheus has scraped both pushed groups (bounded).
         deadline = time.monotonic() + 60
-        while len(prometheus.query('image_sync_last_success_timestamp_seconds{job="image_sync"}')) < 2:
+        while len(prometheus.query('image_sync_last_success_timestamp_seconds{job="image_sync"}')) < 2 \
+                or not prometheus.query('image_sync_failures{job="image_sync"}'):
             assert time.monotonic() < deadline, f"Prometheus never scraped the pushes: {prometheus.log.read_text()[-2000:]}"
             time.sleep(0.5)
         yield runs, prometheus
@@ -882,10 +886,16 @@ def real_runs(tmp_path_factory):
 
 def test_real_runs_write_every_metric_the_dashboard_queries(real_runs):
     runs, _ = real_runs
-    assert [code for code, _, _ in runs.values()] == [1, 0, 0], {k: r for k, (_, r, _) in runs.items()}
+    assert [code for code, _, _ in runs.values()] == [1, 0, 0, 1], {k: r for k, (_, r, _) in runs.items()}
     assert [r["action"] for r in runs["failed"][1]["results"]] == ["pulled", "pulled", "failed"]
     assert [r["action"] for r in runs["ok"][1]["results"]] == ["already_cached", "already_cached"]
+    assert [r["action"] for r in runs["failed again"][1]["results"]] == ["already_cached", "already_cached", "failed"]
     failed_text, ok_text = runs["failed"][2], runs["ok"][2]
+    # The missing tag, by its typed failure: the upstream (the metered proxy) lacks it.
+    upstream_host = runs["failed"][1]["results"][2]["image"].split("/")[0]
+    assert re.findall(r'^image_sync_failures\{(.*)\} (\S+)$', failed_text, re.M) == \
+        [(f'class="manifest_unknown",side="upstream",host="{upstream_host}"', "1.0")], failed_text
+    assert "image_sync_failures" not in ok_text, ok_text
     assert re.search(r'^image_sync_tag_moved\{image="[^"]*demo/pinned",tag="moving"\} 1', ok_text, re.M), ok_text
     assert re.search(r'^image_sync_images\{action="failed"\} 1', failed_text, re.M), failed_text
     assert re.search(r'^image_sync_ratelimit_limit\{registry="[^"]+"\} 100', ok_text, re.M), ok_text
@@ -915,7 +925,12 @@ def test_pushed_runs_answer_the_panels_as_expected(real_runs):
     age = value('time() - max(image_sync_last_success_timestamp_seconds{job="image_sync"})')
     assert 0 <= age < 300
     # The CronJob's group (no shard label) and the shard's are told apart.
-    assert value('max(image_sync_exit_code{job="image_sync",shard=""})') == 0
+    # The CronJob's last run failed; the POST kept the success before it.
+    assert value('max(image_sync_exit_code{job="image_sync",shard=""})') == 1
+    assert value('sum(image_sync_images{job="image_sync",shard="",action="failed"})') == 1
+    (failure,) = prometheus.query('sum by (class, side, host) (image_sync_failures{job="image_sync",shard=""})')
+    assert (failure["metric"]["class"], failure["metric"]["side"]) == ("manifest_unknown", "upstream")
+    assert failure["metric"]["host"].startswith("127.0.0.1:") and float(failure["value"][1]) == 1
     assert [s["metric"]["shard"] for s in prometheus.query('max by (shard) (image_sync_exit_code{job="image_sync",shard!=""})')] == ["0"]
     assert value('count(max by (image, tag) (image_sync_tag_moved{job="image_sync"}) == 1) or vector(0)') == 1
     remaining = prometheus.query('min by (registry) (image_sync_ratelimit_remaining{job="image_sync"})')

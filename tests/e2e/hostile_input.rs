@@ -442,6 +442,37 @@ proptest! {
             assert_safe("parse_path", &path, path_char);
             prop_assert_eq!(reference::parse_path(&path), Ok(path.clone()));
         }
+        // `discover`'s whole references: normalising is idempotent (the printed form reads
+        // back to the same reference), and the repository part obeys the source grammar.
+        if let Ok(image) = timed("ImageRef::parse", raw.len(), || reference::ImageRef::parse(&raw)) {
+            check_repository("ImageRef::parse", image.repository());
+            let printed = image.to_string();
+            let again = reference::ImageRef::parse(&printed);
+            prop_assert_eq!(again.as_ref().map(ToString::to_string), Ok(printed.clone()));
+            prop_assert_eq!(again.as_ref().map(|i| i.repository().clone()), Ok(image.repository().clone()));
+            prop_assert_eq!(again.as_ref().ok().and_then(|i| i.digest().cloned()), image.digest().cloned());
+        }
+    }
+
+    #[test]
+    fn image_references_with_any_tag_and_digest_round_trip(
+        name in "[a-z0-9]{1,8}(\\.[a-z]{2,4}(:[0-9]{1,5})?/)?[a-z0-9]{1,6}(/[a-z0-9]{1,6}){0,2}",
+        tag in proptest::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}"),
+        digest in proptest::option::of("[0-9a-f]{64}"),
+    ) {
+        let raw = format!(
+            "{name}{}{}",
+            tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default(),
+            digest.as_ref().map(|d| format!("@sha256:{d}")).unwrap_or_default()
+        );
+        if let Ok(image) = reference::ImageRef::parse(&raw) {
+            let printed = image.to_string();
+            match &digest {
+                Some(d) => prop_assert!(printed.ends_with(&format!("@sha256:{d}")), "{}", printed),
+                None => prop_assert!(printed.ends_with(&format!(":{}", tag.as_deref().unwrap_or("latest"))), "{}", printed),
+            }
+            prop_assert_eq!(reference::ImageRef::parse(&printed).map(|i| i.to_string()), Ok(printed));
+        }
     }
 
     #[test]

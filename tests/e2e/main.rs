@@ -3,6 +3,7 @@
 
 mod cli;
 mod config_errors;
+mod discover;
 mod fault_proxy;
 mod first_hour;
 mod hostile_input;

@@ -355,7 +355,13 @@ fn signatures_of_the_upstream_index_and_of_kept_children_are_synced_with_a_filte
     ];
     for (digest, seed) in &signatures {
         let tag = format!("{}.sig", digest.replace(':', "-"));
-        image::push_new(&pair.tools, Kind::Single, seed, &format!("{up}/org/signed:{tag}"), Format::Oci);
+        image::push_new(
+            &pair.tools,
+            Kind::Single,
+            seed,
+            &format!("{up}/org/signed:{tag}"),
+            Format::Oci,
+        );
     }
     let config = format!(
         "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/org/signed\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n  referrers: true\n"
@@ -364,8 +370,11 @@ fn signatures_of_the_upstream_index_and_of_kept_children_are_synced_with_a_filte
     first.expect_code(0);
     assert_eq!(first.result(0)["action"], "pulled", "{}", first.stderr);
     let has = |digest: &str| {
-        image::digest_of(&pair.tools, &format!("{c}/org/signed:{}.sig", digest.replace(':', "-")))
-            .is_some()
+        image::digest_of(
+            &pair.tools,
+            &format!("{c}/org/signed:{}.sig", digest.replace(':', "-")),
+        )
+        .is_some()
     };
     assert!(has(&index_digest), "the upstream index digest's signature");
     assert!(has(&child("amd64")), "the kept child's signature");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::fault::{FaultProxy, Quota};
+use crate::support::fault::{Fault, FaultProxy, Quota, Rule};
 use crate::support::image::{self, Format, Kind};
 use crate::support::registry::free_port;
 use crate::support::runner::{ImageSync, Outcome};
@@ -412,4 +412,109 @@ fn metrics_reach_a_real_pushgateway_and_a_failed_run_keeps_the_last_success() {
         "{}",
         unpushed.stderr
     );
+}
+
+/// The `image_sync_failures` samples of a metrics text as (labels, value).
+fn failures_series(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("image_sync_failures{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Failed images are counted in `image_sync_failures` by their typed failure: a tag the
+/// upstream lacks (upstream, the upstream's host) twice, a manifest the cache refuses (cache,
+/// the cache's host as configured) once; the pulled image adds no series; a clean run
+/// writes none.
+#[test]
+fn failed_images_are_counted_by_class_side_and_host_in_the_metrics() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "fail-ok",
+        &format!("{up}/app/ok:1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "fail-refused",
+        &format!("{up}/app/refused:1"),
+        Format::Oci,
+    );
+    // The cache refuses manifests of app/refused only (and every attempt at them).
+    let cache = FaultProxy::start(p.cache.host()).rule(
+        Rule::new("PUT", "/app/refused/manifests/").respond(Fault::registry_error(
+            400,
+            "MANIFEST_INVALID",
+            "manifest invalid",
+        )),
+    );
+    let config = yaml(
+        &cache.host(),
+        &[
+            format!("{up}/app/ok"),
+            format!("{up}/app/missing-one"),
+            format!("{up}/app/refused"),
+            format!("{up}/app/missing-two"),
+        ],
+        "",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics_file = dir.path().join("image_sync.prom");
+    let before = p.upstream.counts();
+    let run = ImageSync::new()
+        .config(&config)
+        .arg("--metrics-file")
+        .arg(&metrics_file)
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["pulled", "failed", "failed", "failed"]);
+    let spent = p.upstream.counts() - before;
+    // One GET per copy (app/ok, and app/refused's copy the cache refused); the missing tags
+    // cost a HEAD each and no GET.
+    assert_eq!(spent.manifest_gets, 2, "{spent:?}\n{}", run.stdout);
+
+    let text = std::fs::read_to_string(&metrics_file).expect("metrics file");
+    let mut series = failures_series(&text);
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let cache_host = cache.host();
+    assert_eq!(
+        series,
+        [
+            (
+                format!("class=\"manifest_unknown\",side=\"upstream\",host=\"{up}\""),
+                2.0
+            ),
+            (
+                format!("class=\"write_refused\",side=\"cache\",host=\"{cache_host}\""),
+                1.0
+            ),
+        ],
+        "{text}\n{}",
+        run.stdout
+    );
+    assert!(
+        text.contains("image_sync_images{action=\"failed\"} 3"),
+        "{text}"
+    );
+
+    // A run without a failure writes no series (and no family).
+    let clean = yaml(&cache.host(), &[format!("{up}/app/ok")], "");
+    let before = p.upstream.counts();
+    ImageSync::new()
+        .config(&clean)
+        .arg("--metrics-file")
+        .arg(&metrics_file)
+        .run()
+        .expect_code(0);
+    assert_eq!((p.upstream.counts() - before).manifest_gets, 0, "cached");
+    let text = std::fs::read_to_string(&metrics_file).expect("metrics file");
+    assert!(!text.contains("image_sync_failures"), "{text}");
+    assert!(text.contains("image_sync_exit_code 0"), "{text}");
 }

@@ -146,6 +146,70 @@ fn a_cache_that_refuses_docker_manifests_costs_one_pull_and_names_docker2s2() {
     );
 }
 
+/// Issue 18 item 1: an nginx ingress in front of the cache answers a blob upload with an
+/// HTML `413 Request Entity Too Large`. Every 4xx to a cache write but 408 and 429 is a
+/// final refusal: one copy attempt, one upstream manifest GET per image per run (it was
+/// three, "transient"), and the message names the status and the body-size limit.
+#[test]
+fn an_ingress_413_to_a_blob_upload_costs_one_pull_per_image_per_run() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    for repo in ["app/big-a", "app/big-b"] {
+        image::push_new(
+            &p.tools,
+            Kind::Single,
+            repo,
+            &format!("{up}/{repo}:1"),
+            Format::Oci,
+        );
+    }
+    let html = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+    let ingress = FaultProxy::start(p.cache.host()).rule(
+        Rule::new("PATCH", "/blobs/uploads/").respond(
+            Fault::status(413)
+                .header("Content-Type", "text/html")
+                .body(html),
+        ),
+    );
+    let images = [
+        (format!("{up}/app/big-a"), "1"),
+        (format!("{up}/app/big-b"), "1"),
+    ];
+    for run_number in 1..=2_usize {
+        let run = ImageSync::new()
+            .config(&yaml(&ingress.host(), &images, "  retries: 2\n"))
+            .run();
+        run.expect_code(1);
+        assert_eq!(run.actions(), ["failed", "failed"]);
+        for index in 0..2 {
+            let error = error_of(&run, index);
+            assert!(
+                error.starts_with("the cache refused the copy: crane copy"),
+                "{error}"
+            );
+            for needle in ["413", "HTTP 413", "body size"] {
+                assert!(error.contains(needle), "{needle} in {error}");
+            }
+            assert_eq!(run.result(index)["attempts"], 1, "no retry: {error}");
+        }
+        assert!(
+            !run.stderr.contains("transient failure; retrying"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            p.upstream.counts().manifest_gets,
+            2 * run_number,
+            "one pull per image per run: {:?}",
+            p.upstream.requests()
+        );
+    }
+    assert!(
+        ingress.count("PATCH", "/blobs/uploads/") >= 4,
+        "the uploads reached the ingress"
+    );
+}
+
 /// Item 2a: a 429 on the upstream manifest GET during a copy trips the upstream's
 /// breaker, not the cache's, although crane's message names both.
 #[test]

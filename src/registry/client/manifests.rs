@@ -190,15 +190,13 @@ impl Client {
                 format!("{what}: the registry says {stated}, but serves a manifest whose digest is {digest}"),
             ));
         }
-        if let Some(wanted) = Digest::parse(reference) {
-            if wanted != digest {
-                return Err(session.fail(
-                    Class::DigestDrift,
-                    format!(
-                        "{what}: asked for {wanted}, served a manifest whose digest is {digest}"
-                    ),
-                ));
-            }
+        if let Some(wanted) = Digest::parse(reference)
+            && wanted != digest
+        {
+            return Err(session.fail(
+                Class::DigestDrift,
+                format!("{what}: asked for {wanted}, served a manifest whose digest is {digest}"),
+            ));
         }
         let media_type = header_type
             .or_else(|| {
