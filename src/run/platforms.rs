@@ -254,6 +254,24 @@ pub fn recorded(bytes: &[u8]) -> Option<Recorded> {
     })
 }
 
+/// The children an index lists (attestations included).
+pub fn children(index: &[u8]) -> Vec<Digest> {
+    serde_json::from_slice::<Value>(index)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("manifests")
+                .and_then(Value::as_array)
+                .map(|children| {
+                    children
+                        .iter()
+                        .filter_map(|child| Digest::parse(child.get("digest")?.as_str()?))
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
 /// What a filtered copy did.
 #[derive(Debug, Clone)]
 pub struct Copied {
@@ -263,6 +281,8 @@ pub struct Copied {
     pub kept: Vec<String>,
     /// Whether the written index differs from the upstream one.
     pub changed: bool,
+    /// The children it lists.
+    pub children: Vec<Digest>,
 }
 
 /// What a filtered copy needs.
@@ -408,6 +428,7 @@ impl Copy<'_> {
                 digest,
                 kept: filtered.kept.clone(),
                 changed: filtered.changed,
+                children: filtered.children.clone(),
             })
         });
         attempted(outcome, gets, child_gets)

@@ -423,7 +423,9 @@ async fn filtered_cache(
         )
         .await;
     let recorded = match fetched {
-        Ok(Some(fetched)) => platforms::recorded(&fetched.bytes),
+        Ok(Some(fetched)) => {
+            platforms::recorded(&fetched.bytes).map(|recorded| (recorded, fetched.bytes))
+        }
         Ok(None) => None,
         Err(failure) => {
             tracing::debug!(image = %job.image, tag = %job.tag, cause = %failure, "cannot read the cached index's annotations; copying");
@@ -431,10 +433,11 @@ async fn filtered_cache(
         }
     };
     match recorded {
-        Some(recorded)
+        Some((recorded, bytes))
             if recorded.upstream == *remote
                 && recorded.filter == crate::input::platforms::describe(wanted) =>
         {
+            outcome.children = platforms::children(&bytes);
             outcome.filtered = Some(cached);
             outcome.platforms = Some(recorded.kept);
             Some(remote.clone())
@@ -687,6 +690,7 @@ async fn verify_filtered(
     outcome.attempts += tally.extra;
     drop(permit);
     outcome.platforms = Some(done.kept);
+    outcome.children = done.children;
     if done.changed {
         outcome.filtered = Some(done.digest.clone());
     }
@@ -735,7 +739,17 @@ async fn with_referrers(
         cancel: &context.cancel,
         copies: &context.copies,
     };
-    let synced = referrers.sync(&job.source, &job.target, remote).await;
+    let mut synced = referrers.sync(&job.source, &job.target, remote).await;
+    // A filtered index is not the upstream's: signatures of the upstream index digest are
+    // kept (above), and so are those of each kept child, which pods may name.
+    for child in std::mem::take(&mut outcome.children) {
+        let more = referrers.sync(&job.source, &job.target, &child).await;
+        synced.counts.copied += more.counts.copied;
+        synced.counts.already_cached += more.counts.already_cached;
+        synced.counts.failed += more.counts.failed;
+        synced.check_gets += more.check_gets;
+        synced.failure = synced.failure.or(more.failure);
+    }
     let (counts, failure) = (synced.counts, synced.failure);
     outcome.referrers = Some(counts);
     outcome.check_gets += synced.check_gets;
@@ -776,6 +790,8 @@ struct Outcome<'a> {
     /// it holds.
     filtered: Option<Digest>,
     platforms: Option<Vec<String>>,
+    /// The kept children of a filtered index: their referrers are synced too.
+    children: Vec<Digest>,
 }
 
 impl<'a> Outcome<'a> {
@@ -794,6 +810,7 @@ impl<'a> Outcome<'a> {
             skipped_check: None,
             filtered: None,
             platforms: None,
+            children: Vec::new(),
         }
     }
 

@@ -323,3 +323,68 @@ fn a_real_containerd_pulls_the_filtered_image_by_tag_through_the_mirror_with_the
         }
     );
 }
+
+#[test]
+fn signatures_of_the_upstream_index_and_of_kept_children_are_synced_with_a_filter() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("signed", &["linux/amd64", "linux/arm64"], false, 64).push(
+        &pair.tools,
+        &format!("{up}/org/signed:1"),
+        Format::Oci,
+    );
+    let upstream_index = manifest(&pair, &format!("{up}/org/signed:1"));
+    let index_digest =
+        image::digest_of(&pair.tools, &format!("{up}/org/signed:1")).expect("upstream digest");
+    let child = |arch: &str| {
+        upstream_index["manifests"]
+            .as_array()
+            .expect("children")
+            .iter()
+            .find(|child| child["platform"]["architecture"] == arch)
+            .map(|child| text(&child["digest"]))
+            .expect("child")
+    };
+    // Legacy cosign signature tags (any manifest will do: only the tag names matter here).
+    let signatures = [
+        (index_digest.clone(), "sig-index"),
+        (child("amd64"), "sig-amd64"),
+        (child("arm64"), "sig-arm64"),
+    ];
+    for (digest, seed) in &signatures {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        image::push_new(
+            &pair.tools,
+            Kind::Single,
+            seed,
+            &format!("{up}/org/signed:{tag}"),
+            Format::Oci,
+        );
+    }
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/org/signed\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n  referrers: true\n"
+    );
+    let first = run(&config);
+    first.expect_code(0);
+    assert_eq!(first.result(0)["action"], "pulled", "{}", first.stderr);
+    let has = |digest: &str| {
+        image::digest_of(
+            &pair.tools,
+            &format!("{c}/org/signed:{}.sig", digest.replace(':', "-")),
+        )
+        .is_some()
+    };
+    assert!(has(&index_digest), "the upstream index digest's signature");
+    assert!(has(&child("amd64")), "the kept child's signature");
+    assert!(!has(&child("arm64")), "not the dropped child's");
+    assert_eq!(first.result(0)["referrers"]["copied"], 2);
+    // A no-op run checks them again without a pull.
+    let before = pair.upstream.counts();
+    let second = run(&config);
+    second.expect_code(0);
+    assert_eq!(second.result(0)["action"], "already_cached");
+    assert_eq!(second.result(0)["referrers"]["already_cached"], 2);
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
+}
