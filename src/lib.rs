@@ -129,6 +129,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
             plan.settings.digest_check,
             &plan.cache_host,
             plan.settings.quota_reserve,
+            // Each shard keeps its share of every registry's quota (see `Ledger`).
+            shard.map_or(1, |shard| shard.count),
         )
         .await,
     );

@@ -519,7 +519,6 @@ async fn copy_and_verify(
     let spent_before_verification = tally.gets;
     let settle = |children: u32| {
         let gets = spent_before_verification + children;
-        toolbox.ledger().count(job.source.host(), 0, gets);
         toolbox.ledger().settle(ticket, gets);
     };
     if let Err(failure) = copied.outcome {
