@@ -159,6 +159,8 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
             plan.settings.digest_check,
             &plan.cache_host,
             plan.settings.quota_reserve,
+            // Each shard keeps its share of every registry's quota (see `Ledger`).
+            shard.map_or(1, |shard| shard.count),
         )
         .await,
     );
@@ -345,6 +347,8 @@ async fn prune_only(plan: &Plan, options: prune::Options) -> u8 {
         plan.settings.digest_check,
         &plan.cache_host,
         plan.settings.quota_reserve,
+        // Prune reads the cache only: no upstream quota to share.
+        1,
     )
     .await;
     let (report, code) = match toolbox.client() {

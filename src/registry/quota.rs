@@ -122,10 +122,16 @@ pub struct QuotaReport {
 struct Account {
     latest: Option<RateLimit>,
     source: Option<String>,
-    /// `remaining` when the first copy started (frozen then).
+    /// `remaining` when the first copy started, for the report.
     at_start: Option<u64>,
-    /// Pulls of copies started in this run: exact once a copy finished, 1 while running.
+    /// This shard's share of `at_start`: what the run's own copies may spend from.
+    start_share: Option<u64>,
+    /// The lowest `remaining` any answer reported in this run (this shard's share of it).
+    lowest: Option<u64>,
+    /// Pulls of copies started in this run: exact once a copy settled, 1 while running.
     committed: u64,
+    /// Copies admitted and not settled yet.
+    in_flight: u64,
     /// A 429 came back: nothing is left.
     exhausted: bool,
     heads: u64,
@@ -133,11 +139,74 @@ struct Account {
     copies: u64,
 }
 
-/// The upstream quota ledger of one run, by registry (as the config names it).
-#[derive(Debug, Default)]
+impl Account {
+    /// The pulls this run may still count on: what was left at its first copy minus what
+    /// its copies spent (or hold, in flight), and never more than the lowest answer
+    /// minus the copies in flight.
+    fn left(&self) -> Option<u64> {
+        let own = self
+            .start_share
+            .map(|start| start.saturating_sub(self.committed));
+        let seen = self
+            .lowest
+            .map(|lowest| lowest.saturating_sub(self.in_flight));
+        match (own, seen) {
+            (Some(own), Some(seen)) => Some(own.min(seen)),
+            (own, seen) => own.or(seen),
+        }
+    }
+}
+
+/// The upstream quota ledger of one run, by registry (as the config names it). Every
+/// upstream manifest answer goes through [`Ledger::answered`], every copy through
+/// [`Ledger::admit`] and [`Ledger::settle`]: nothing else counts pulls.
+///
+/// A copy is admitted while what is left stays above the reserve, what is left being the
+/// lower of: `remaining` at the run's first copy minus the pulls of the run's copies (one
+/// per copy in flight, exact once settled), and the lowest `remaining` any answer of the
+/// run reported minus the copies in flight (other clients behind the same address spend
+/// the same quota; an answer may already count a copy in flight, which then counts twice
+/// until it settles: on the safe side).
+///
+/// Shards are separate processes that cannot see each other's copies: with `count`
+/// shards each keeps to its share, `remaining / count` (rounded down) of every answer and
+/// `reserve / count` (rounded up) kept back, so that the shards together never take the
+/// registry below the reserve, whatever order they run in.
+#[derive(Debug)]
 pub struct Ledger {
     reserve: Reserve,
+    shares: u64,
     accounts: Mutex<BTreeMap<String, Account>>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new(Reserve::default())
+    }
+}
+
+/// What one upstream manifest answer (or a tool's run) told the ledger.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// Manifest HEADs sent.
+    pub heads: u32,
+    /// Manifest GETs sent (pulls).
+    pub gets: u32,
+    /// The rate-limit headers of the answer, when it had them.
+    pub limit: Option<(RateLimit, Option<String>)>,
+    /// The registry answered 429: nothing is left (when it is metered).
+    pub rate_limited: bool,
+}
+
+impl Answer {
+    /// `heads` HEADs and `gets` GETs, nothing else known.
+    pub fn requests(heads: u32, gets: u32) -> Self {
+        Self {
+            heads,
+            gets,
+            ..Self::default()
+        }
+    }
 }
 
 /// A copy admitted under the reserve; settle it with the pulls it made.
@@ -152,27 +221,43 @@ pub struct Ticket {
 pub struct Deferral {
     /// The registry.
     pub registry: String,
-    /// Its projected remaining pulls.
+    /// Its projected remaining pulls (this shard's share, with shards).
     pub remaining: u64,
-    /// The reserve.
+    /// The reserve (this shard's share, with shards).
     pub reserve: u64,
+    /// The shard count the quota is shared by (1 without shards).
+    pub shares: u64,
 }
 
 impl std::fmt::Display for Deferral {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "quota reserve: {} has {} pulls left and {} are kept in reserve for the cluster's nodes; the next run tries again",
+            "quota reserve: {} has {} pulls left and {} are kept in reserve for the cluster's nodes",
             self.registry, self.remaining, self.reserve
-        )
+        )?;
+        if self.shares > 1 {
+            write!(
+                f,
+                " (this shard's share: 1/{} of the remaining and of the reserve)",
+                self.shares
+            )?;
+        }
+        f.write_str("; the next run tries again")
     }
 }
 
 impl Ledger {
     /// A ledger keeping `reserve` of every metered registry's quota.
     pub fn new(reserve: Reserve) -> Self {
+        Self::shared(reserve, 1)
+    }
+
+    /// A ledger for one of `shares` shards (see [`Ledger`]).
+    pub fn shared(reserve: Reserve, shares: u32) -> Self {
         Self {
             reserve,
+            shares: u64::from(shares.max(1)),
             accounts: Mutex::new(BTreeMap::new()),
         }
     }
@@ -187,53 +272,55 @@ impl Ledger {
         update(self.accounts().entry(registry.to_owned()).or_default())
     }
 
-    /// Records what a response said about the quota.
-    pub fn observe(&self, registry: &str, limit: RateLimit, source: Option<String>) {
-        self.with(registry, |account| {
-            account.latest = Some(limit);
-            if source.is_some() {
-                account.source = source;
-            }
-        });
-    }
-
-    /// Records a 429 from a registry: nothing left (when it is metered).
-    pub fn exhausted(&self, registry: &str) {
-        self.with(registry, |account| account.exhausted = true);
-    }
-
-    /// Counts upstream manifest requests.
-    pub fn count(&self, registry: &str, heads: u32, gets: u32) {
-        if heads == 0 && gets == 0 {
+    /// Records what an upstream answer said: the requests it took, its quota headers, a 429.
+    pub fn answered(&self, registry: &str, answer: Answer) {
+        let empty =
+            answer.heads == 0 && answer.gets == 0 && answer.limit.is_none() && !answer.rate_limited;
+        if empty {
             return;
         }
+        let shares = self.shares;
         self.with(registry, |account| {
-            account.heads += u64::from(heads);
-            account.gets += u64::from(gets);
+            account.heads += u64::from(answer.heads);
+            account.gets += u64::from(answer.gets);
+            if let Some((limit, source)) = answer.limit {
+                account.latest = Some(limit);
+                if source.is_some() {
+                    account.source = source;
+                }
+                let share = limit.remaining / shares;
+                account.lowest = Some(account.lowest.map_or(share, |lowest| lowest.min(share)));
+            }
+            if answer.rate_limited {
+                account.exhausted = true;
+            }
         });
     }
 
     /// Admits a copy from `registry` unless it would take the quota below the reserve.
     /// A copy counts as one pull until it is settled.
     pub fn admit(&self, registry: &str) -> Result<Ticket, Deferral> {
-        let reserve = self.reserve;
+        let (reserve, shares) = (self.reserve, self.shares);
         self.with(registry, |account| {
             if let Some(latest) = account.latest {
-                let start = *account.at_start.get_or_insert(latest.remaining);
-                let kept = reserve.pulls(latest.limit);
+                account.at_start.get_or_insert(latest.remaining);
+                account.start_share.get_or_insert(latest.remaining / shares);
+                let kept = reserve.pulls(latest.limit).div_ceil(shares);
                 let left = if account.exhausted {
                     0
                 } else {
-                    start.saturating_sub(account.committed)
+                    account.left().unwrap_or_default()
                 };
                 if kept > 0 && (account.exhausted || left < kept + 1) {
                     return Err(Deferral {
                         registry: registry.to_owned(),
                         remaining: left,
                         reserve: kept,
+                        shares,
                     });
                 }
             }
+            account.in_flight += 1;
             account.committed += 1;
             account.copies += 1;
             Ok(Ticket {
@@ -242,9 +329,21 @@ impl Ledger {
         })
     }
 
-    /// Replaces a copy's provisional pull with the GETs it made.
+    /// Settles a copy: the GETs it made (and its children's) are counted and replace its
+    /// provisional pull.
     pub fn settle(&self, ticket: Ticket, pulls: u32) {
         self.with(&ticket.registry, |account| {
+            account.gets += u64::from(pulls);
+        });
+        self.settle_counted(ticket, pulls);
+    }
+
+    /// Settles a copy whose GETs were counted as they were answered (the built-in client's
+    /// requests go through [`Ledger::answered`]): its `pulls` replace the provisional pull
+    /// without being counted twice.
+    pub fn settle_counted(&self, ticket: Ticket, pulls: u32) {
+        self.with(&ticket.registry, |account| {
+            account.in_flight = account.in_flight.saturating_sub(1);
             account.committed = account.committed.saturating_sub(1) + u64::from(pulls);
         });
     }
@@ -317,6 +416,97 @@ mod tests {
         map
     }
 
+    fn seen(limit: RateLimit, source: Option<&str>) -> Answer {
+        Answer {
+            heads: 1,
+            limit: Some((limit, source.map(str::to_owned))),
+            ..Answer::default()
+        }
+    }
+
+    fn hub(remaining: u64) -> RateLimit {
+        RateLimit {
+            limit: 100,
+            remaining,
+            window_secs: Some(21600),
+        }
+    }
+
+    /// Issue 18 item 2: later answers saying fewer pulls are left than the first one
+    /// lower what admission sees; pulls in flight count before they are settled.
+    #[test]
+    fn admission_uses_the_lowest_remaining_seen_minus_pulls_in_flight() {
+        let ledger = Ledger::new(Reserve::Pulls(10));
+        ledger.answered("docker.io", seen(hub(40), None));
+        let first = ledger.admit("docker.io").expect("40 left");
+        // Other clients on the same IP pulled: the registry now says 5 are left.
+        ledger.answered("docker.io", seen(hub(5), None));
+        let deferral = ledger.admit("docker.io").expect_err("5 < reserve");
+        assert_eq!(
+            (deferral.remaining, deferral.reserve),
+            (4, 10),
+            "5 minus one in flight"
+        );
+        ledger.settle(first, 1);
+        // A later, higher answer (a new window) does not raise it within the run.
+        ledger.answered("docker.io", seen(hub(60), None));
+        assert_eq!(
+            ledger.admit("docker.io").expect_err("still low").remaining,
+            5
+        );
+        assert_eq!(ledger.report()["docker.io"].remaining_at_start, 40);
+        // Without later answers, the run's own pulls come off what was left at its start.
+        let ledger = Ledger::new(Reserve::Pulls(2));
+        ledger.answered("docker.io", seen(hub(5), None));
+        let ticket = ledger.admit("docker.io").expect("5 left");
+        ledger.settle(ticket, 3);
+        assert_eq!(ledger.admit("docker.io").expect_err("2 left").remaining, 2);
+
+        let ledger = Ledger::new(Reserve::Pulls(3));
+        ledger.answered("docker.io", seen(hub(6), None));
+        let tickets: Vec<_> = (0..3)
+            .map(|_| ledger.admit("docker.io").expect("in flight"))
+            .collect();
+        let deferral = ledger
+            .admit("docker.io")
+            .expect_err("6 - 3 in flight < 3 + 1");
+        assert_eq!(deferral.remaining, 3);
+        for ticket in tickets {
+            ledger.settle(ticket, 1);
+        }
+        assert_eq!(ledger.admit("docker.io").expect_err("3 left").remaining, 3);
+    }
+
+    /// Four shards each see the whole `remaining` and keep a quarter of it and of the
+    /// reserve: together they never cross the reserve.
+    #[test]
+    fn shards_each_keep_their_share_and_together_stop_at_the_reserve() {
+        for (remaining, reserve) in [(40_u64, 10_u64), (41, 10), (13, 10), (100, 0), (7, 3)] {
+            let mut total = 0;
+            for _ in 0..4 {
+                let ledger = Ledger::shared(Reserve::Pulls(reserve), 4);
+                ledger.answered("docker.io", seen(hub(remaining), None));
+                while let Ok(ticket) = ledger.admit("docker.io") {
+                    ledger.settle(ticket, 1);
+                    total += 1;
+                    if total > 1_000 {
+                        break;
+                    }
+                }
+            }
+            if reserve > 0 {
+                assert!(
+                    total + reserve <= remaining,
+                    "{total} pulls from {remaining} with {reserve} kept"
+                );
+                assert!(
+                    total + reserve + 8 > remaining,
+                    "not needlessly low: {total} of {remaining}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn docker_hub_and_ghcr_headers_are_read() {
         let hub = headers(&[
@@ -363,7 +553,7 @@ mod tests {
             remaining,
             window_secs: Some(21600),
         };
-        ledger.observe("docker.io", limit(10), Some("src".into()));
+        ledger.answered("docker.io", seen(limit(10), Some("src")));
         let mut admitted = 0;
         while let Ok(ticket) = ledger.admit("docker.io") {
             ledger.settle(ticket, 1);
@@ -381,17 +571,26 @@ mod tests {
             .admit("ghcr.io")
             .expect("unmetered registries are never deferred");
         ledger.settle(ticket, 3);
-        ledger.observe("docker.io", limit(7), None);
-        ledger.count("docker.io", 5, 3);
+        ledger.answered("docker.io", seen(limit(7), None));
+        ledger.answered("docker.io", Answer::requests(5, 0));
         let report = ledger.report();
         assert_eq!(report["docker.io"].remaining_at_start, 10);
         assert_eq!(report["docker.io"].remaining_at_end, 7);
-        assert_eq!(report["docker.io"].manifest_gets, 3);
+        assert_eq!(
+            report["docker.io"].manifest_gets, 3,
+            "the settled copies' GETs"
+        );
         assert!(
             !report.contains_key("ghcr.io"),
             "no headers, no quota entry"
         );
-        ledger.exhausted("docker.io");
+        ledger.answered(
+            "docker.io",
+            Answer {
+                rate_limited: true,
+                ..Answer::default()
+            },
+        );
         assert_eq!(ledger.report()["docker.io"].remaining_at_end, 0);
         assert!(
             ledger.to_refresh().is_empty(),
@@ -402,14 +601,16 @@ mod tests {
     #[test]
     fn a_zero_reserve_never_defers() {
         let ledger = Ledger::new(Reserve::Pulls(0));
-        ledger.observe(
+        ledger.answered(
             "docker.io",
-            RateLimit {
-                limit: 100,
-                remaining: 1,
-                window_secs: None,
-            },
-            None,
+            seen(
+                RateLimit {
+                    limit: 100,
+                    remaining: 1,
+                    window_secs: None,
+                },
+                None,
+            ),
         );
         for _ in 0..3 {
             let ticket = ledger.admit("docker.io").expect("off");

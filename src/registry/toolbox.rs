@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{Checked, Client, Listed, Want};
 use super::credentials::{Keyring, Lookup};
 use super::failure::{Class, Failure, Side};
-use super::quota::{Ledger, Reserve};
+use super::quota::{Answer, Ledger, Reserve};
 use super::tool_errors::{self, Ends, Spent, ToolExit};
 use super::{crane, find_on_path, skopeo};
 use crate::input::reference::{Digest, Repository, Tag};
@@ -127,9 +127,10 @@ impl Toolbox {
         digest_check: DigestCheck,
         cache_host: &str,
         reserve: Reserve,
+        quota_shares: u32,
     ) -> Self {
         let keyring = Arc::new(Keyring::discover());
-        let ledger = Arc::new(Ledger::new(reserve));
+        let ledger = Arc::new(Ledger::shared(reserve, quota_shares));
         let lookup_deadline = Instant::now() + Duration::from_secs(30);
         let literal_auth = match tls.cache_literal() {
             Some(literal) => match keyring.lookup_registry(cache_host, lookup_deadline).await {
@@ -448,11 +449,13 @@ impl Toolbox {
         if side != Side::Upstream {
             return;
         }
-        self.ledger
-            .count(repository.host(), spent.heads, spent.gets);
-        if failure.is_some_and(|failure| failure.class == Class::RateLimited) {
-            self.ledger.exhausted(repository.host());
-        }
+        self.ledger.answered(
+            repository.host(),
+            Answer {
+                rate_limited: failure.is_some_and(|failure| failure.class == Class::RateLimited),
+                ..Answer::requests(spent.heads, spent.gets)
+            },
+        );
     }
 
     /// One copy of `source@digest` to `target:tag`, every platform, keeping the digest:
@@ -622,7 +625,13 @@ impl Toolbox {
             && failure.class == Class::RateLimited
             && failure.side == Some(Side::Upstream)
         {
-            self.ledger.exhausted(source.host());
+            self.ledger.answered(
+                source.host(),
+                Answer {
+                    rate_limited: true,
+                    ..Answer::default()
+                },
+            );
         }
         Attempted {
             gets: spent.gets,

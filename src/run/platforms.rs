@@ -479,7 +479,13 @@ impl Copy<'_> {
                 }
             }
         }
-        self.toolbox.ledger().count(self.source.host(), 0, gets);
+        self.toolbox.ledger().answered(
+            self.source.host(),
+            crate::registry::quota::Answer {
+                gets,
+                ..Default::default()
+            },
+        );
         (gets, first)
     }
 }

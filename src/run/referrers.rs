@@ -288,7 +288,6 @@ impl Referrers<'_> {
             .map_err(|deferral| Failure::new(Class::Skipped, deferral.to_string()))?;
         let copied = copy.await;
         let gets = copied.gets + copied.children.unwrap_or_default();
-        ledger.count(source.host(), 0, gets);
         ledger.settle(ticket, gets);
         copied.outcome
     }

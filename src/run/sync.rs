@@ -572,12 +572,12 @@ async fn copy_and_verify(
         match copied.outcome {
             Ok(None) => filter_gets = tally.gets,
             Ok(Some(done)) => {
-                toolbox.ledger().settle(ticket, tally.gets);
+                toolbox.ledger().settle_counted(ticket, tally.gets);
                 outcome.tool = copied.tool;
                 return verify_filtered(job, context, outcome, remote, done, permit).await;
             }
             Err(failure) => {
-                toolbox.ledger().settle(ticket, tally.gets);
+                toolbox.ledger().settle_counted(ticket, tally.gets);
                 return outcome.failed(copied.tool, &failure);
             }
         }
@@ -603,8 +603,14 @@ async fn copy_and_verify(
     let spent_before_verification = tally.gets;
     let settle = |children: u32| {
         let gets = spent_before_verification + children;
-        toolbox.ledger().count(job.source.host(), 0, gets);
-        toolbox.ledger().settle(ticket, gets + filter_gets);
+        toolbox.ledger().answered(
+            job.source.host(),
+            crate::registry::quota::Answer {
+                gets,
+                ..Default::default()
+            },
+        );
+        toolbox.ledger().settle_counted(ticket, gets + filter_gets);
     };
     if let Err(failure) = copied.outcome {
         settle(0);

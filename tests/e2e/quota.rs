@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::fault::{Fault, FaultProxy, Quota, Rule};
 use crate::support::image::{self, Format, Kind};
 use crate::support::registry::free_port;
-use crate::support::runner::{ImageSync, Outcome};
+use crate::support::runner::{self, ImageSync, Outcome};
 use crate::support::{self, pair};
 
 fn yaml(cache: &str, images: &[String], settings: &str) -> String {
@@ -175,6 +175,131 @@ fn a_reserve_defers_exactly_the_copies_that_would_cross_it() {
         .run();
     percent.expect_code(0);
     assert_eq!(quota_of(&percent, &hub.host())["reserve"], 7);
+}
+
+/// Issue 18 item 2: the reserve follows what later answers say. While the second image is
+/// checked, other clients behind the same address spend the quota down to 5 (against a
+/// reserve of 10): the third image's HEAD says so, and its copy does not start (it did:
+/// the ledger froze `remaining` at the first copy, 40).
+#[test]
+fn a_lower_remaining_reported_later_defers_the_next_copy() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let repos = ["app/l0", "app/l1", "app/l2"];
+    image::push_singles(&p.tools, &up, &repos);
+    let quota = Arc::new(Quota::new(100, 40, 3_600, "198.51.100.9"));
+    // The second image's HEAD waits (its answer says 39), so that the test spends the
+    // quota before the third image's HEAD.
+    let hub = FaultProxy::start(up.clone())
+        .with_quota(Arc::clone(&quota))
+        .rule(Rule::new("HEAD", "/app/l1/manifests/").respond(Fault::delay_ms(1_500)));
+    let images: Vec<String> = repos
+        .iter()
+        .map(|repo| format!("{}/{repo}", hub.host()))
+        .collect();
+    let config = yaml(
+        &p.cache.host(),
+        &images,
+        "  concurrency: 1\n  check_concurrency: 1\n  quota_reserve: 10\n",
+    );
+    let sync = ImageSync::new().config(&config);
+    let mut child = sync.spawn();
+    // The first copy's GET, and the second image's HEAD (its answer said 39).
+    let waited = hub.wait_for("GET", "/app/l0/manifests/", 1, Duration::from_secs(60))
+        && hub.wait_for("HEAD", "/app/l1/manifests/", 1, Duration::from_secs(60));
+    if !waited {
+        let _ = child.kill();
+        let run = runner::outcome(child.wait_with_output().expect("wait"));
+        panic!(
+            "no check of the second image: {:?}\n{}",
+            hub.requests(),
+            run.stderr
+        );
+    }
+    quota.set_remaining(5);
+    let run = runner::outcome(child.wait_with_output().expect("wait"));
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled", "pulled", "deferred"]);
+    let error = run.result(2)["error"].as_str().expect("error");
+    // The lowest answer, 5 (or 4, when it came after the second copy's GET), minus the
+    // second copy while in flight.
+    assert!(
+        [3, 4, 5].iter().any(|left| error.starts_with(&format!(
+            "quota reserve: {} has {left} pulls left and 10 are kept in reserve",
+            hub.host()
+        ))),
+        "{error}"
+    );
+    assert_eq!(
+        pulls(&hub),
+        2,
+        "two copies, one GET each: {:?}",
+        hub.requests()
+    );
+    assert_eq!(quota.remaining(), 4);
+    let reported = quota_of(&run, &hub.host());
+    assert_eq!(reported["remaining_at_start"], 40);
+    assert_eq!(reported["remaining_at_end"], 4);
+}
+
+/// Issue 18 item 2, shards: four shards started together against one metered upstream
+/// each keep a quarter of what is left and of the reserve, so that together they stop
+/// above the reserve (each alone, seeing 20 left and keeping 10, would copy all of its
+/// images and take the registry to 8).
+#[test]
+fn four_shards_against_one_metered_upstream_keep_the_reserve_together() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let repos: Vec<String> = (0..12).map(|i| format!("app/shq{i}")).collect();
+    let names: Vec<&str> = repos.iter().map(String::as_str).collect();
+    image::push_singles(&p.tools, &up, &names);
+    let quota = Arc::new(Quota::new(100, 20, 3_600, "198.51.100.9"));
+    let hub = FaultProxy::start(up.clone()).with_quota(Arc::clone(&quota));
+    let images: Vec<String> = repos
+        .iter()
+        .map(|repo| format!("{}/{repo}", hub.host()))
+        .collect();
+    let config = yaml(&p.cache.host(), &images, "  quota_reserve: 10\n");
+    let runs: Vec<ImageSync> = (0..4)
+        .map(|index| {
+            ImageSync::new()
+                .config(&config)
+                .arg("--shard")
+                .arg(format!("{index}/4"))
+        })
+        .collect();
+    let children: Vec<_> = runs.iter().map(ImageSync::spawn).collect();
+    let outcomes: Vec<Outcome> = children
+        .into_iter()
+        .map(|child| runner::outcome(child.wait_with_output().expect("wait")))
+        .collect();
+    let (mut pulled, mut deferred) = (0, 0);
+    for run in &outcomes {
+        run.expect_code(0);
+        for (index, action) in run.actions().iter().enumerate() {
+            match action.as_str() {
+                "pulled" => pulled += 1,
+                "deferred" => {
+                    deferred += 1;
+                    let error = run.result(index)["error"].as_str().expect("error");
+                    assert!(
+                        error.starts_with(&format!("quota reserve: {}", hub.host()))
+                            && error.contains("this shard's share: 1/4"),
+                        "{error}"
+                    );
+                }
+                other => panic!("{other}: {}", run.stdout),
+            }
+        }
+    }
+    assert_eq!(pulled + deferred, 12);
+    assert_eq!(pulls(&hub), pulled, "one GET per copy");
+    assert!(pulled >= 1, "the shards copied something");
+    assert!(
+        quota.remaining() >= 10,
+        "never below the reserve: {} left after {pulled} pulls",
+        quota.remaining()
+    );
 }
 
 /// A 429 with the headers leaves nothing: `remaining_at_end` is 0 and the failure costs

@@ -166,13 +166,17 @@ impl Client {
         status: StatusCode,
         headers: &HeaderMap,
     ) {
-        self.ledger.count(registry, u32::from(!get), u32::from(get));
-        if let Some((limit, source)) = quota::rate_limit(headers) {
-            self.ledger.observe(registry, limit, source);
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                self.ledger.exhausted(registry);
-            }
-        }
+        let limit = quota::rate_limit(headers);
+        let rate_limited = limit.is_some() && status == StatusCode::TOO_MANY_REQUESTS;
+        self.ledger.answered(
+            registry,
+            quota::Answer {
+                heads: u32::from(!get),
+                gets: u32::from(get),
+                limit,
+                rate_limited,
+            },
+        );
     }
 
     /// A manifest HEAD of `host` answered with a digest: the streak of HEADs without one

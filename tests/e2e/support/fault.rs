@@ -194,6 +194,11 @@ impl Quota {
         *lock(&self.remaining)
     }
 
+    /// Sets the pulls left: other clients behind the same address spent some.
+    pub fn set_remaining(&self, remaining: u64) {
+        *lock(&self.remaining) = remaining;
+    }
+
     fn headers(&self, remaining: u64) -> Vec<(String, String)> {
         vec![
             (
