@@ -388,3 +388,42 @@ fn signatures_of_the_upstream_index_and_of_kept_children_are_synced_with_a_filte
     assert_eq!(second.result(0)["referrers"]["already_cached"], 2);
     assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
 }
+
+#[test]
+fn an_index_without_any_listed_platform_fails_alone_after_one_get_naming_what_it_offers() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("s390x-only", &["linux/s390x", "linux/ppc64le"], true, 64).push(
+        &pair.tools,
+        &format!("{up}/org/mainframe:1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &pair.tools,
+        Kind::MultiArch,
+        "fine",
+        &format!("{up}/org/fine:1"),
+        Format::Oci,
+    );
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/org/mainframe\", tag: \"1\"}}\n  - {{source: \"{up}/org/fine\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n"
+    );
+    let before = pair.upstream.counts();
+    let failed = run(&config);
+    failed.expect_code(1);
+    assert_eq!(failed.actions(), ["failed", "pulled"], "{}", failed.stderr);
+    let error = text(&failed.result(0)["error"]);
+    assert!(
+        error.contains("no manifest for any listed platform (linux/amd64)")
+            && error.contains("linux/ppc64le, linux/s390x"),
+        "{error}"
+    );
+    // The failed image: its index only; the other: its index and one child.
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1 + 2);
+    assert_eq!(
+        image::digest_of(&pair.tools, &format!("{c}/org/mainframe:1")),
+        None
+    );
+}
