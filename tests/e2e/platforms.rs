@@ -7,7 +7,10 @@
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::support::containerd::Containerd;
+use crate::support::fault::{FaultProxy, Quota};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::runner::{ImageSync, Outcome};
 use crate::support::{self, Pair};
@@ -426,4 +429,37 @@ fn an_index_without_any_listed_platform_fails_alone_after_one_get_naming_what_it
         image::digest_of(&pair.tools, &format!("{c}/org/mainframe:1")),
         None
     );
+}
+
+#[test]
+fn a_filtered_copy_spends_one_plus_kept_children_pulls_of_a_metered_upstreams_quota() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("metered", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/library/metered:1"),
+        Format::Oci,
+    );
+    // Docker Hub's quota in front of the upstream: each manifest GET spends one pull.
+    let quota = Arc::new(Quota::new(100, 50, 21_600, "203.0.113.7"));
+    let hub = FaultProxy::start(up.clone()).with_quota(Arc::clone(&quota));
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{}/library/metered\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n",
+        hub.host()
+    );
+    let first = run(&config);
+    first.expect_code(0);
+    assert_eq!(first.result(0)["action"], "pulled", "{}", first.stderr);
+    let reported = &first.report()["quota"][hub.host()];
+    // The index, the amd64 manifest and its attestation.
+    assert_eq!(reported["manifest_gets"], 3, "{reported}");
+    assert_eq!(reported["remaining_at_start"], 50);
+    assert_eq!(reported["remaining_at_end"], 47);
+    assert_eq!(quota.remaining(), 47);
+    let second = run(&config);
+    second.expect_code(0);
+    assert_eq!(second.result(0)["action"], "already_cached");
+    assert_eq!(quota.remaining(), 47, "a no-op run spends no pull");
 }
