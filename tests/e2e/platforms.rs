@@ -463,3 +463,56 @@ fn a_filtered_copy_spends_one_plus_kept_children_pulls_of_a_metered_upstreams_qu
     assert_eq!(second.result(0)["action"], "already_cached");
     assert_eq!(quota.remaining(), 47, "a no-op run spends no pull");
 }
+
+#[test]
+fn children_reach_the_cache_before_the_index_that_lists_them_as_zot_requires() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let up = pair.upstream.host();
+    OciLayout::index("ordered", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/library/ordered:1"),
+        Format::Oci,
+    );
+    // Zot refuses (400 MANIFEST_INVALID) an index whose children it does not hold: every
+    // kept child must be written before the index.
+    let cache = FaultProxy::start(pair.cache.host());
+    let config = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/library/ordered\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\", \"linux/arm64\"]\n",
+        cache.host()
+    );
+    let before = pair.upstream.counts();
+    let synced = run(&config);
+    synced.expect_code(0);
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1 + 4);
+    let puts: Vec<String> = cache
+        .requests()
+        .iter()
+        .filter(|seen| {
+            seen.method == "PUT" && seen.path.starts_with("/v2/library/ordered/manifests/")
+        })
+        .map(|seen| {
+            seen.path
+                .trim_start_matches("/v2/library/ordered/manifests/")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(puts.len(), 5, "{puts:?}");
+    assert_eq!(
+        puts.last().map(String::as_str),
+        Some("1"),
+        "the index last: {puts:?}"
+    );
+    let cached = manifest(&pair, &format!("{}/library/ordered:1", pair.cache.host()));
+    let mut children: Vec<String> = cached["manifests"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|child| text(&child["digest"]))
+        .collect();
+    let mut written = puts[..4].to_vec();
+    children.sort();
+    written.sort();
+    assert_eq!(written, children);
+}
