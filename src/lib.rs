@@ -488,6 +488,15 @@ quota reserve: {reserve}; pushgateway: {}; referrers synced for {with_referrers}
     if settings.coverage {
         text.push_str("\ncoverage: cluster (each run lists the cluster's workloads, read-only)");
     }
+    if let Some(platforms) = &settings.platforms {
+        text.push_str(&format!(
+            "\nplatforms: {} (images may override)",
+            input::platforms::describe(platforms)
+        ));
+    }
+    if settings.prune {
+        text.push_str("\nprune: after every complete, unsharded run");
+    }
     if !settings.insecure_registries.is_empty() {
         let listed: Vec<&str> = settings
             .insecure_registries

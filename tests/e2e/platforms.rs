@@ -7,7 +7,10 @@
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::support::containerd::Containerd;
+use crate::support::fault::{FaultProxy, Quota};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::runner::{ImageSync, Outcome};
 use crate::support::{self, Pair};
@@ -387,4 +390,129 @@ fn signatures_of_the_upstream_index_and_of_kept_children_are_synced_with_a_filte
     assert_eq!(second.result(0)["action"], "already_cached");
     assert_eq!(second.result(0)["referrers"]["already_cached"], 2);
     assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
+}
+
+#[test]
+fn an_index_without_any_listed_platform_fails_alone_after_one_get_naming_what_it_offers() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("s390x-only", &["linux/s390x", "linux/ppc64le"], true, 64).push(
+        &pair.tools,
+        &format!("{up}/org/mainframe:1"),
+        Format::Oci,
+    );
+    image::push_new(
+        &pair.tools,
+        Kind::MultiArch,
+        "fine",
+        &format!("{up}/org/fine:1"),
+        Format::Oci,
+    );
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{up}/org/mainframe\", tag: \"1\"}}\n  - {{source: \"{up}/org/fine\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n"
+    );
+    let before = pair.upstream.counts();
+    let failed = run(&config);
+    failed.expect_code(1);
+    assert_eq!(failed.actions(), ["failed", "pulled"], "{}", failed.stderr);
+    let error = text(&failed.result(0)["error"]);
+    assert!(
+        error.contains("no manifest for any listed platform (linux/amd64)")
+            && error.contains("linux/ppc64le, linux/s390x"),
+        "{error}"
+    );
+    // The failed image: its index only; the other: its index and one child.
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1 + 2);
+    assert_eq!(
+        image::digest_of(&pair.tools, &format!("{c}/org/mainframe:1")),
+        None
+    );
+}
+
+#[test]
+fn a_filtered_copy_spends_one_plus_kept_children_pulls_of_a_metered_upstreams_quota() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("metered", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/library/metered:1"),
+        Format::Oci,
+    );
+    // Docker Hub's quota in front of the upstream: each manifest GET spends one pull.
+    let quota = Arc::new(Quota::new(100, 50, 21_600, "203.0.113.7"));
+    let hub = FaultProxy::start(up.clone()).with_quota(Arc::clone(&quota));
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - {{source: \"{}/library/metered\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\"]\n",
+        hub.host()
+    );
+    let first = run(&config);
+    first.expect_code(0);
+    assert_eq!(first.result(0)["action"], "pulled", "{}", first.stderr);
+    let reported = &first.report()["quota"][hub.host()];
+    // The index, the amd64 manifest and its attestation.
+    assert_eq!(reported["manifest_gets"], 3, "{reported}");
+    assert_eq!(reported["remaining_at_start"], 50);
+    assert_eq!(reported["remaining_at_end"], 47);
+    assert_eq!(quota.remaining(), 47);
+    let second = run(&config);
+    second.expect_code(0);
+    assert_eq!(second.result(0)["action"], "already_cached");
+    assert_eq!(quota.remaining(), 47, "a no-op run spends no pull");
+}
+
+#[test]
+fn children_reach_the_cache_before_the_index_that_lists_them_as_zot_requires() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let up = pair.upstream.host();
+    OciLayout::index("ordered", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/library/ordered:1"),
+        Format::Oci,
+    );
+    // Zot refuses (400 MANIFEST_INVALID) an index whose children it does not hold: every
+    // kept child must be written before the index.
+    let cache = FaultProxy::start(pair.cache.host());
+    let config = format!(
+        "cache_registry: \"{}\"\nimages:\n  - {{source: \"{up}/library/ordered\", tag: \"1\"}}\nsettings:\n  platforms: [\"linux/amd64\", \"linux/arm64\"]\n",
+        cache.host()
+    );
+    let before = pair.upstream.counts();
+    let synced = run(&config);
+    synced.expect_code(0);
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1 + 4);
+    let puts: Vec<String> = cache
+        .requests()
+        .iter()
+        .filter(|seen| {
+            seen.method == "PUT" && seen.path.starts_with("/v2/library/ordered/manifests/")
+        })
+        .map(|seen| {
+            seen.path
+                .trim_start_matches("/v2/library/ordered/manifests/")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(puts.len(), 5, "{puts:?}");
+    assert_eq!(
+        puts.last().map(String::as_str),
+        Some("1"),
+        "the index last: {puts:?}"
+    );
+    let cached = manifest(&pair, &format!("{}/library/ordered:1", pair.cache.host()));
+    let mut children: Vec<String> = cached["manifests"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|child| text(&child["digest"]))
+        .collect();
+    let mut written = puts[..4].to_vec();
+    children.sort();
+    written.sort();
+    assert_eq!(written, children);
 }

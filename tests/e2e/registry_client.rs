@@ -352,6 +352,9 @@ fn sync_through_token_gate(auth: TokenAuth) -> Option<(Outcome, (usize, usize))>
         .requests()
         .into_iter()
         .filter(|seen| seen.user_agent.starts_with("image-sync/"))
+        // The record of what the run wrote (`image-sync/records`, see docs/src/prune.md)
+        // is written after the image's own requests, with its own push token.
+        .filter(|seen| !seen.path.contains("records"))
         .collect();
     // The image's own tokens: the run's one write of its record (prune's
     // `image-sync/records`, once per run) asks for a token of its own.
