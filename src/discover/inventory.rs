@@ -101,6 +101,14 @@ impl Inventory {
     }
 }
 
+impl Extend<Sighting> for Inventory {
+    fn extend<I: IntoIterator<Item = Sighting>>(&mut self, sightings: I) {
+        for sighting in sightings {
+            self.add(sighting);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
