@@ -120,5 +120,6 @@ fn gather(args: &DiscoverArgs) -> Result<Inventory, String> {
         );
         inventory.extend(listing.sightings);
     }
+    inventory.finish();
     Ok(inventory)
 }
