@@ -7,7 +7,6 @@ use std::io::Write as _;
 use crate::discover::coverage;
 use crate::discover::format;
 use crate::discover::inventory::Inventory;
-use crate::discover::workload::Sighting;
 use crate::input::cli::DiscoverArgs;
 use crate::output::exit;
 
@@ -31,14 +30,13 @@ pub fn run(args: &DiscoverArgs) -> u8 {
         }
         None => None,
     };
-    let sightings = match gather(args) {
-        Ok(sightings) => sightings,
+    let inventory = match gather(args) {
+        Ok(inventory) => inventory,
         Err(message) => {
             tracing::error!("{message}");
             return exit::USAGE;
         }
     };
-    let inventory = Inventory::from_sightings(sightings);
     for invalid in inventory.invalid() {
         for place in &invalid.found_in {
             tracing::warn!(
@@ -96,9 +94,10 @@ pub fn run(args: &DiscoverArgs) -> u8 {
     }
 }
 
-/// Every sighting from the manifests, then from the cluster.
-fn gather(args: &DiscoverArgs) -> Result<Vec<Sighting>, String> {
-    let mut sightings = crate::discover::manifests::read(&args.manifests)
+/// Every image from the manifests, then from the cluster.
+fn gather(args: &DiscoverArgs) -> Result<Inventory, String> {
+    let mut inventory = Inventory::default();
+    crate::discover::manifests::read(&args.manifests, &mut inventory)
         .map_err(|err| format!("cannot read manifests: {err}"))?;
     if args.cluster {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +118,8 @@ fn gather(args: &DiscoverArgs) -> Result<Vec<Sighting>, String> {
             containers = listing.sightings.len(),
             "listed the cluster's workloads"
         );
-        sightings.extend(listing.sightings);
+        inventory.extend(listing.sightings);
     }
-    Ok(sightings)
+    inventory.finish();
+    Ok(inventory)
 }

@@ -41,13 +41,13 @@ impl std::fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 /// Every container image in the manifests at `paths`, in reading order (files of a
-/// directory sorted by name).
-pub fn read(paths: &[PathBuf]) -> Result<Vec<Sighting>, ManifestError> {
-    let mut found = Vec::new();
+/// directory sorted by name), added to `found` as each document is read (an inventory
+/// keeps only what it needs, not every sighting of a 100,000-object stream).
+pub fn read(paths: &[PathBuf], found: &mut impl Extend<Sighting>) -> Result<(), ManifestError> {
     for path in paths {
         if path.as_os_str() == "-" {
             let text = read_limited(std::io::stdin().lock(), "-")?;
-            parse("-", &text, &mut found)?;
+            parse("-", &text, found)?;
             continue;
         }
         for file in files(path)? {
@@ -58,10 +58,10 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Sighting>, ManifestError> {
                 message: format!("cannot read: {err}"),
             })?;
             let text = read_limited(handle, &name)?;
-            parse(&name, &text, &mut found)?;
+            parse(&name, &text, found)?;
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 fn read_limited(reader: impl std::io::Read, file: &str) -> Result<String, ManifestError> {
@@ -137,7 +137,11 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 }
 
 /// Parses one input's text (YAML documents, or one JSON value) into sightings.
-pub fn parse(file: &str, text: &str, found: &mut Vec<Sighting>) -> Result<(), ManifestError> {
+pub fn parse(
+    file: &str,
+    text: &str,
+    found: &mut impl Extend<Sighting>,
+) -> Result<(), ManifestError> {
     let trimmed = text.trim_start();
     if file.ends_with(".json") || trimmed.starts_with('{') || trimmed.starts_with('[') {
         let value: Value = serde_json::from_str(text).map_err(|err| ManifestError {
@@ -147,17 +151,23 @@ pub fn parse(file: &str, text: &str, found: &mut Vec<Sighting>) -> Result<(), Ma
         })?;
         return visit(file, &value, Some(1), 0, found);
     }
-    let starts = document_lines(text);
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value =
-            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document).map_err(|err| {
-                ManifestError {
+    // One document at a time: serde_yaml_ng loads a whole stream's events before the first
+    // document, which for a 100,000-object `kustomize build` is most of the memory.
+    for (first_line, chunk) in documents(text) {
+        for document in serde_yaml_ng::Deserializer::from_str(chunk) {
+            let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document)
+                .map_err(|err| ManifestError {
                     file: file.to_owned(),
-                    line: err.location().map(|l| l.line()),
+                    line: err.location().map(|l| first_line + l.line() - 1),
                     message: format!("is not valid YAML: {}", strip_location(&err.to_string())),
-                }
-            })?;
-        visit(file, &to_json(value), starts.get(index).copied(), 0, found)?;
+                })?;
+            let content_line = if chunk.starts_with("---\n") || chunk == "---" {
+                first_line + 1
+            } else {
+                first_line
+            };
+            visit(file, &to_json(value), Some(content_line), 0, found)?;
+        }
     }
     Ok(())
 }
@@ -169,29 +179,23 @@ fn strip_location(message: &str) -> &str {
         .map_or(message, |at| &message[..at])
 }
 
-/// The line each YAML document starts on (after its `---`, if any).
-fn document_lines(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut content_seen = false;
-    for (number, line) in text.lines().enumerate() {
-        if line == "---" || line.starts_with("--- ") {
-            if content_seen || !starts.is_empty() {
-                if starts.is_empty() {
-                    starts.push(1);
-                }
-                starts.push(number + 2);
-            } else {
-                starts.push(number + 2);
-            }
-            content_seen = false;
-        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            content_seen = true;
+/// The YAML stream cut before each document marker (`---` at the start of a line, which
+/// YAML allows nowhere inside a document), with the line each piece starts on.
+fn documents(text: &str) -> Vec<(usize, &str)> {
+    let mut pieces = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if offset > start && (bare == "---" || bare.starts_with("--- ")) {
+            pieces.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, number + 1);
         }
+        offset += line.len();
     }
-    if starts.is_empty() {
-        starts.push(1);
+    if start < text.len() {
+        pieces.push((start_line, &text[start..]));
     }
-    starts
+    pieces
 }
 
 /// Collects the sightings of one document: a workload, a list of objects, or nothing.
@@ -200,7 +204,7 @@ fn visit(
     value: &Value,
     line: Option<usize>,
     depth: usize,
-    found: &mut Vec<Sighting>,
+    found: &mut impl Extend<Sighting>,
 ) -> Result<(), ManifestError> {
     let object = match value {
         // `---` with nothing after it, or a comment-only document.
@@ -318,9 +322,11 @@ mod tests {
     }
 
     #[test]
-    fn document_start_lines_follow_the_separators() {
-        assert_eq!(document_lines("a: 1\n---\nb: 2\n"), [1, 3]);
-        assert_eq!(document_lines("---\na: 1\n---\nb: 2\n"), [2, 4]);
-        assert_eq!(document_lines("# c\n---\na: 1\n"), [3]);
+    fn documents_are_cut_at_markers_with_their_first_line() {
+        let lines = |text| -> Vec<usize> { documents(text).iter().map(|(l, _)| *l).collect() };
+        assert_eq!(lines("a: 1\n---\nb: 2\n"), [1, 2]);
+        assert_eq!(lines("---\na: 1\n---\nb: 2\n"), [1, 3]);
+        assert_eq!(lines("# c\n---\na: 1\n"), [1, 2]);
+        assert_eq!(documents("a: |\n  ---\n  x\n")[0].1, "a: |\n  ---\n  x\n");
     }
 }
