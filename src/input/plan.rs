@@ -491,15 +491,14 @@ fn resolve_reserve(raw: Option<&RawReserve>) -> Result<Reserve, String> {
     }
 }
 
-/// `settings.pushgateway`: an `http(s)://` URL without credentials.
-fn check_pushgateway(url: &str) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| format!("`{}` is not a URL", shorten(url)))?;
+/// A Pushgateway URL from any route (`settings.pushgateway`, `--pushgateway`,
+/// `IMAGE_SYNC_PUSHGATEWAY`): an `http(s)://` URL without credentials. The message never
+/// repeats credentials the URL carries.
+pub fn check_pushgateway(url: &str) -> Result<(), String> {
+    let shown = || shorten(&crate::registry::failure::redact(url));
+    let parsed = reqwest::Url::parse(url).map_err(|_| format!("`{}` is not a URL", shown()))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!(
-            "`{}` must be an http:// or https:// URL",
-            shorten(url)
-        ));
+        return Err(format!("`{}` must be an http:// or https:// URL", shown()));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials (they would show in logs)".to_owned());
