@@ -121,6 +121,9 @@ pub struct RawSettings {
     pub immutable_tags: Vec<String>,
     /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
     pub tag_page_size: Option<u64>,
+    /// At most this many OCI referrers are synced per image (default 100); more are left
+    /// out with a warning.
+    pub referrers_per_image: Option<u64>,
 }
 
 /// `settings.quota_reserve` as written: a whole number or a string like `"10%"`.

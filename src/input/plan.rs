@@ -114,6 +114,8 @@ pub struct Settings {
     pub referrers_required: bool,
     /// `settings.immutable_tags`, compiled and anchored.
     pub immutable_tags: Vec<regex::Regex>,
+    /// At most this many OCI referrers synced per image (`settings.referrers_per_image`).
+    pub referrers_per_image: usize,
     /// Tags per `tags/list` page (`n`).
     pub tag_page_size: u32,
 }
@@ -383,6 +385,12 @@ fn resolve_settings(
         crate::input::tag_rules::DEFAULT_PAGE_SIZE,
         (1, crate::input::tag_rules::MAX_PAGE_SIZE),
     );
+    let referrers_per_image = bounded(
+        "referrers_per_image",
+        raw.referrers_per_image,
+        DEFAULT_REFERRERS_PER_IMAGE,
+        (1, MAX_REFERRERS_PER_IMAGE),
+    );
     let run_deadline = raw
         .run_deadline_secs
         .map(|secs| bounded("run_deadline_secs", Some(secs), secs, (1, MAX_TIMEOUT_SECS)));
@@ -451,6 +459,7 @@ fn resolve_settings(
         referrers_required: raw.referrers_required.unwrap_or(false),
         immutable_tags: Vec::new(),
         tag_page_size: u32::try_from(tag_page_size).unwrap_or(100),
+        referrers_per_image: usize::try_from(referrers_per_image).unwrap_or(100),
     })
 }
 
@@ -490,6 +499,11 @@ fn resolve_reserve(raw: Option<&RawReserve>) -> Result<Reserve, String> {
         }
     }
 }
+
+/// Default `settings.referrers_per_image`.
+pub const DEFAULT_REFERRERS_PER_IMAGE: u64 = 100;
+/// Upper bound on `settings.referrers_per_image` (the client refuses longer listings).
+pub const MAX_REFERRERS_PER_IMAGE: u64 = 4_096;
 
 /// A Pushgateway URL from any route (`settings.pushgateway`, `--pushgateway`,
 /// `IMAGE_SYNC_PUSHGATEWAY`): an `http(s)://` URL without credentials. The message never

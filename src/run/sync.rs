@@ -34,6 +34,8 @@ struct Context {
     cancel: Cancel,
     copies: Arc<Semaphore>,
     breakers: Breakers,
+    /// Caches that refused a referrer copy (see [`Referrers::refusals`]).
+    referrer_refusals: Breakers,
     deadline: Option<Instant>,
 }
 
@@ -192,6 +194,7 @@ pub async fn sync_all(
         cancel: cancel.clone(),
         copies: Arc::new(Semaphore::new(plan.settings.concurrency)),
         breakers: Breakers::default(),
+        referrer_refusals: Breakers::default(),
         deadline: plan.settings.run_deadline.map(|limit| started + limit),
     });
     preflight(plan, &context).await;
@@ -600,6 +603,9 @@ async fn with_referrers(
         pull_timeout: context.settings.pull_timeout,
         cancel: &context.cancel,
         copies: &context.copies,
+        breakers: &context.breakers,
+        refusals: &context.referrer_refusals,
+        per_image: context.settings.referrers_per_image,
     };
     let synced = referrers.sync(&job.source, &job.target, remote).await;
     let (counts, failure) = (synced.counts, synced.failure);
