@@ -208,12 +208,19 @@ pub async fn sync_all(
     // differ from `job.index`, the position in the config.
     for (position, job) in plan.jobs.iter().enumerate() {
         // Take the check permit before spawning, so that images start in config order and
-        // a stopped run starts nothing new.
-        let permit = tokio::select! {
-            permit = Arc::clone(&checks).acquire_owned() => permit,
-            _ = watch.wait_for(|cancelled| *cancelled) => break,
+        // a stopped run starts nothing new. Finished tasks are joined meanwhile: a finished
+        // image keeps its result only, not its task (sized for the whole `sync_image`).
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    store(plan, &mut results, &mut task_index, joined);
+                }
+                permit = Arc::clone(&checks).acquire_owned() => break Some(permit),
+                _ = watch.wait_for(|cancelled| *cancelled) => break None,
+            }
         };
-        let Ok(permit) = permit else { break };
+        let Some(Ok(permit)) = permit else { break };
         if context.cancelled() || context.past_deadline() {
             break;
         }
@@ -223,22 +230,7 @@ pub async fn sync_all(
     }
 
     while let Some(joined) = tasks.join_next_with_id().await {
-        match joined {
-            Ok((id, result)) => {
-                if let Some(&index) = task_index.get(&id) {
-                    results[index] = Some(result);
-                }
-            }
-            Err(err) => {
-                if let Some(&index) = task_index.get(&err.id()) {
-                    let failure = Failure::new(
-                        Class::Other,
-                        format!("internal error: the task for this image {err}"),
-                    );
-                    results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
-                }
-            }
-        }
+        store(plan, &mut results, &mut task_index, joined);
     }
 
     let not_started = if context.cancelled() {
@@ -251,6 +243,31 @@ pub async fn sync_all(
         .zip(results)
         .map(|(job, result)| result.unwrap_or_else(|| Outcome::new(job).deferred(&not_started)))
         .collect()
+}
+
+/// Puts a joined task's result at its image's position.
+fn store(
+    plan: &Plan,
+    results: &mut [Option<ImageResult>],
+    task_index: &mut HashMap<tokio::task::Id, usize>,
+    joined: Result<(tokio::task::Id, ImageResult), tokio::task::JoinError>,
+) {
+    match joined {
+        Ok((id, result)) => {
+            if let Some(index) = task_index.remove(&id) {
+                results[index] = Some(result);
+            }
+        }
+        Err(err) => {
+            if let Some(index) = task_index.remove(&err.id()) {
+                let failure = Failure::new(
+                    Class::Other,
+                    format!("internal error: the task for this image {err}"),
+                );
+                results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
+            }
+        }
+    }
 }
 
 /// One digest check of the cache before the fan-out: a cache that is down (refuses, hangs
