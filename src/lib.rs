@@ -128,6 +128,16 @@ pub fn run(cli: &Cli) -> u8 {
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
     let raw = config::load(&cli.config).map_err(|err| format!("invalid config {err}"))?;
     let mut plan = plan::resolve(raw, &cli.config).map_err(|err| err.to_string())?;
+    // The command line and the environment get the check the config gets.
+    if let Some(url) = cli
+        .pushgateway
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+    {
+        plan::check_pushgateway(url).map_err(|message| {
+            format!("invalid --pushgateway (or IMAGE_SYNC_PUSHGATEWAY): {message}")
+        })?;
+    }
     if let Some(secs) = cli.deadline {
         plan.settings.run_deadline = Some(std::time::Duration::from_secs(secs));
     }

@@ -125,6 +125,9 @@ pub struct RawSettings {
     pub immutable_tags: Vec<String>,
     /// Tags per `tags/list` page (`n`) when tag rules list them (default 100).
     pub tag_page_size: Option<u64>,
+    /// At most this many OCI referrers are synced per image (default 100); more are left
+    /// out with a warning.
+    pub referrers_per_image: Option<u64>,
     /// The platforms of multi-arch images to cache (`os/arch[/variant]`, default `[all]`):
     /// the cache gets an index holding only these platforms' manifests.
     pub platforms: Option<Vec<String>>,

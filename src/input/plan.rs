@@ -116,6 +116,8 @@ pub struct Settings {
     pub referrers_required: bool,
     /// `settings.immutable_tags`, compiled and anchored.
     pub immutable_tags: Vec<regex::Regex>,
+    /// At most this many OCI referrers synced per image (`settings.referrers_per_image`).
+    pub referrers_per_image: usize,
     /// Tags per `tags/list` page (`n`).
     pub tag_page_size: u32,
     /// `settings.coverage: cluster`: list the cluster's images and report the uncovered.
@@ -401,6 +403,12 @@ fn resolve_settings(
         crate::input::tag_rules::DEFAULT_PAGE_SIZE,
         (1, crate::input::tag_rules::MAX_PAGE_SIZE),
     );
+    let referrers_per_image = bounded(
+        "referrers_per_image",
+        raw.referrers_per_image,
+        DEFAULT_REFERRERS_PER_IMAGE,
+        (1, MAX_REFERRERS_PER_IMAGE),
+    );
     let run_deadline = raw
         .run_deadline_secs
         .map(|secs| bounded("run_deadline_secs", Some(secs), secs, (1, MAX_TIMEOUT_SECS)));
@@ -485,6 +493,7 @@ fn resolve_settings(
         coverage: raw.coverage == Some(crate::input::config::CoverageMode::Cluster),
         platforms,
         prune: raw.prune.unwrap_or(false),
+        referrers_per_image: usize::try_from(referrers_per_image).unwrap_or(100),
     })
 }
 
@@ -525,15 +534,19 @@ fn resolve_reserve(raw: Option<&RawReserve>) -> Result<Reserve, String> {
     }
 }
 
-/// `settings.pushgateway`: an `http(s)://` URL without credentials.
-fn check_pushgateway(url: &str) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| format!("`{}` is not a URL", shorten(url)))?;
+/// Default `settings.referrers_per_image`.
+pub const DEFAULT_REFERRERS_PER_IMAGE: u64 = 100;
+/// Upper bound on `settings.referrers_per_image` (the client refuses longer listings).
+pub const MAX_REFERRERS_PER_IMAGE: u64 = 4_096;
+
+/// A Pushgateway URL from any route (`settings.pushgateway`, `--pushgateway`,
+/// `IMAGE_SYNC_PUSHGATEWAY`): an `http(s)://` URL without credentials. The message never
+/// repeats credentials the URL carries.
+pub fn check_pushgateway(url: &str) -> Result<(), String> {
+    let shown = || shorten(&crate::registry::failure::redact(url));
+    let parsed = reqwest::Url::parse(url).map_err(|_| format!("`{}` is not a URL", shown()))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!(
-            "`{}` must be an http:// or https:// URL",
-            shorten(url)
-        ));
+        return Err(format!("`{}` must be an http:// or https:// URL", shown()));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials (they would show in logs)".to_owned());

@@ -18,6 +18,7 @@
 //! - `include`: literal tags always kept, listed or not.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use regex::Regex;
 use semver::{Version, VersionReq};
@@ -204,9 +205,14 @@ pub fn matches(rules: &Rules, tag: &Tag) -> bool {
 
 /// The tags `rules` select from `listed` (the upstream's tags), highest first, then the
 /// `include`s not already selected. Listed names that are not valid tags are ignored.
+///
+/// O(n log n) in the listed tags: one pass that filters and keys each tag (duplicates
+/// found by a hash set), one sort of the keys (each tag's key is computed once, its
+/// digit runs split once), then `latest` and the `include`s (a hash set again).
 pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {
     let by_rules = format!("rules: {}", rules.description);
     let mut kept: Vec<(Tag, Key)> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     if rules.needs_listing() {
         for name in listed {
             let Ok(tag) = Tag::parse(name) else { continue };
@@ -235,20 +241,30 @@ pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {
             {
                 continue;
             }
+            if !seen.insert(name.as_str()) {
+                continue;
+            }
             let key = match (&rules.semver, version) {
                 (Some(_), Some(version)) => Key::Version(version),
-                _ if !captures.is_empty() => Key::Natural(captures),
-                _ => Key::Natural(vec![name.clone()]),
+                _ if !captures.is_empty() => {
+                    Key::Natural(captures.iter().map(|c| runs(c)).collect())
+                }
+                _ => Key::Natural(vec![runs(name)]),
             };
-            if !kept.iter().any(|(seen, _)| seen == &tag) {
-                kept.push((tag, key));
-            }
+            kept.push((tag, key));
         }
     }
     // Highest first; equal keys (`v1.2.3` and `1.2.3`) by name, so the order is stable.
-    kept.sort_by(|(a_tag, a), (b_tag, b)| b.cmp(a).then_with(|| a_tag.cmp(b_tag)));
-    if let Some(n) = rules.latest {
-        kept.truncate(n);
+    let highest_first =
+        |(a_tag, a): &(Tag, Key), (b_tag, b): &(Tag, Key)| b.cmp(a).then_with(|| a_tag.cmp(b_tag));
+    match rules.latest {
+        // Only the N highest are kept: partition them out, then sort those N.
+        Some(n) if n < kept.len() => {
+            kept.select_nth_unstable_by(n, highest_first);
+            kept.truncate(n);
+            kept.sort_by(highest_first);
+        }
+        _ => kept.sort_by(highest_first),
     }
     let mut selected: Vec<Selected> = kept
         .into_iter()
@@ -257,8 +273,9 @@ pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {
             by: by_rules.clone(),
         })
         .collect();
+    let mut chosen: HashSet<Tag> = selected.iter().map(|s| s.tag.clone()).collect();
     for tag in &rules.include {
-        if !selected.iter().any(|s| &s.tag == tag) {
+        if chosen.insert(tag.clone()) {
             selected.push(Selected {
                 tag: tag.clone(),
                 by: "include".to_owned(),
@@ -272,8 +289,39 @@ pub fn select(rules: &Rules, listed: &[String]) -> Vec<Selected> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Version(Version),
-    /// Parts compared in natural order (digit runs as numbers).
-    Natural(Vec<String>),
+    /// Parts compared in natural order (digit runs as numbers), each split into its runs.
+    Natural(Vec<Vec<Run>>),
+}
+
+/// A run of a tag part: digits (compared as a number) or the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    digits: bool,
+    text: String,
+}
+
+impl Run {
+    /// The digits without leading zeros.
+    fn number(&self) -> &str {
+        self.text.trim_start_matches('0')
+    }
+}
+
+/// `v1.10-rc2` -> `v`, `1`, `.`, `10`, `-rc`, `2`.
+fn runs(text: &str) -> Vec<Run> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    for i in 1..=bytes.len() {
+        if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+            out.push(Run {
+                digits: bytes[start].is_ascii_digit(),
+                text: text[start..i].to_owned(),
+            });
+            start = i;
+        }
+    }
+    out
 }
 
 impl Ord for Key {
@@ -299,32 +347,27 @@ impl PartialOrd for Key {
 }
 
 /// Natural order: runs of digits compare as numbers, the rest as text.
-fn natural(a: &str, b: &str) -> Ordering {
-    fn runs(text: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = text.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &text[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (a_runs, b_runs) = (runs(a), runs(b));
-    for ((a_digit, a), (b_digit, b)) in a_runs.iter().zip(&b_runs) {
-        let order = if *a_digit && *b_digit {
-            let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+fn natural(a: &[Run], b: &[Run]) -> Ordering {
+    #[cfg(test)]
+    COMPARISONS.with(|count| count.set(count.get() + 1));
+    for (a, b) in a.iter().zip(b) {
+        let order = if a.digits && b.digits {
+            let (a, b) = (a.number(), b.number());
             a.len().cmp(&b.len()).then_with(|| a.cmp(b))
         } else {
-            a.cmp(b)
+            a.text.cmp(&b.text)
         };
         if order.is_ne() {
             return order;
         }
     }
-    a_runs.len().cmp(&b_runs.len())
+    a.len().cmp(&b.len())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Natural-order comparisons made on this thread, for the complexity test.
+    static COMPARISONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
@@ -341,6 +384,46 @@ mod tests {
             .into_iter()
             .map(|s| s.tag.to_string())
             .collect()
+    }
+
+    /// Issue 18 item 6: selecting from 100,000 listed tags (each listed twice) makes
+    /// O(n log n) comparisons, not n^2 (24-30 s before); the time is in
+    /// `cargo bench --bench tag_selection`.
+    #[test]
+    fn selection_from_100000_tags_makes_n_log_n_comparisons() {
+        let n: u64 = 100_000;
+        let mut listed: Vec<String> = (0..n)
+            .map(|i| format!("build-{}-{}", (i * 7_919) % n, i % 13))
+            .collect();
+        listed.extend(listed.clone());
+        let bound = 3 * n * u64::from(n.ilog2() + 1);
+        for (yaml, expected) in [
+            ("regex: 'build-(\\d+)-(\\d+)'\n", n as usize),
+            ("regex: 'build-(\\d+)-(\\d+)'\nlatest: 1000\n", 1_000),
+        ] {
+            COMPARISONS.with(|count| count.set(0));
+            let picked = select(&rules(yaml).expect("valid"), &listed);
+            let made = COMPARISONS.with(std::cell::Cell::get);
+            assert_eq!(picked.len(), expected, "{yaml}");
+            assert!(
+                made <= bound,
+                "{made} comparisons for {n} tags ({yaml}): over {bound}"
+            );
+            assert!(
+                picked[0].tag.as_str().starts_with("build-99999"),
+                "{:?}",
+                picked[0]
+            );
+        }
+        let versions: Vec<String> = (0..n)
+            .map(|i| format!("{}.{}.{}", i / 10_000, (i / 100) % 100, i % 100))
+            .collect();
+        let picked = select(
+            &rules("semver: '>=1.0.0'\nlatest: 3\n").expect("valid"),
+            &versions,
+        );
+        let names: Vec<&str> = picked.iter().map(|s| s.tag.as_str()).collect();
+        assert_eq!(names, ["9.99.99", "9.99.98", "9.99.97"]);
     }
 
     const LISTED: &[&str] = &[
@@ -428,9 +511,9 @@ mod tests {
 
     #[test]
     fn natural_order_compares_numbers_as_numbers() {
-        assert_eq!(natural("1.10", "1.9"), Ordering::Greater);
-        assert_eq!(natural("a2", "a10"), Ordering::Less);
-        assert_eq!(natural("007", "7"), Ordering::Equal);
-        assert_eq!(natural("1.2", "1.2.1"), Ordering::Less);
+        assert_eq!(natural(&runs("1.10"), &runs("1.9")), Ordering::Greater);
+        assert_eq!(natural(&runs("a2"), &runs("a10")), Ordering::Less);
+        assert_eq!(natural(&runs("007"), &runs("7")), Ordering::Equal);
+        assert_eq!(natural(&runs("1.2"), &runs("1.2.1")), Ordering::Less);
     }
 }

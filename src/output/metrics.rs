@@ -319,7 +319,8 @@ pub async fn push(
     } else {
         let body = response.text().await.unwrap_or_default();
         Err(format!(
-            "{url}: {status} {}",
+            "{}: {status} {}",
+            crate::registry::failure::redact(&url),
             crate::registry::failure::redact(body.trim())
         ))
     }
@@ -339,10 +340,15 @@ pub async fn publish(figures: &RunFigures<'_>, file: Option<&Path>, pushgateway:
         }
     }
     if let Some(url) = pushgateway {
+        // Validated on every route; redacted all the same, as every logged URL is.
+        let shown = crate::registry::failure::redact(url);
+        let url_shown = &shown;
         match push(url, render(figures, success), success, figures.report.shard).await {
-            Ok(()) => tracing::info!(pushgateway = %url, replaced = success, "metrics pushed"),
+            Ok(()) => {
+                tracing::info!(pushgateway = %url_shown, replaced = success, "metrics pushed");
+            }
             Err(err) => tracing::warn!(
-                pushgateway = %url,
+                pushgateway = %url_shown,
                 error = %err,
                 "cannot push the metrics; the run's outcome is unchanged"
             ),

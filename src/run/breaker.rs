@@ -35,6 +35,7 @@ impl Breakers {
             let state = match cause.class {
                 Class::RateLimited => "rate limited",
                 Class::TimedOut => "not answering",
+                Class::WriteRefused => "refused a referrer copy",
                 _ => "unreachable",
             };
             let skipped = Failure::new(

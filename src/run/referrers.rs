@@ -31,6 +31,7 @@ use crate::input::reference::{Digest, Repository, Tag};
 use crate::output::report::ReferrerCounts;
 use crate::process::Cancel;
 use crate::registry::{Class, Failure, Listed, Side, Toolbox};
+use crate::run::breaker::Breakers;
 
 /// The suffixes of cosign's legacy tags, and `None` for the OCI 1.1 tag schema.
 const KINDS: [Option<&str>; 4] = [Some("sig"), Some("att"), Some("sbom"), None];
@@ -88,6 +89,13 @@ pub struct Referrers<'a> {
     pub cancel: &'a Cancel,
     /// The run's copy concurrency: a referrer copy waits for a permit like an image copy.
     pub copies: &'a Semaphore,
+    /// The run's breakers by host: a tripped upstream or cache gets no referrer request.
+    pub breakers: &'a Breakers,
+    /// Caches that refused a referrer copy in this run: they get no more referrer copies
+    /// (each would spend an upstream pull for the same refusal). The next run tries again.
+    pub refusals: &'a Breakers,
+    /// At most this many OCI referrers per image (`settings.referrers_per_image`).
+    pub per_image: usize,
 }
 
 impl Referrers<'_> {
@@ -120,7 +128,7 @@ impl Referrers<'_> {
                 .await,
         );
         let mut counts = ReferrerCounts::default();
-        let mut first = None;
+        let (mut first, mut first_skipped) = (None, None);
         for found in found {
             match found {
                 Found::Absent => {}
@@ -128,10 +136,16 @@ impl Referrers<'_> {
                 Found::Copied => counts.copied += 1,
                 Found::Failed(failure) => {
                     counts.failed += 1;
-                    first.get_or_insert(failure);
+                    // The cause, not the skips it led to, is the one reported.
+                    if failure.class == Class::Skipped {
+                        first_skipped.get_or_insert(failure);
+                    } else {
+                        first.get_or_insert(failure);
+                    }
                 }
             }
         }
+        let first = first.or(first_skipped);
         Synced {
             counts,
             failure: first,
@@ -150,12 +164,21 @@ impl Referrers<'_> {
         upstream: Listed,
         gets: &AtomicU32,
     ) -> Vec<Found> {
-        let listed = match upstream {
+        let mut listed = match upstream {
             Listed::Unsupported => return vec![self.one(source, target, index_tag, gets).await],
             Listed::Failed(failure) => return vec![Found::Failed(failure)],
             Listed::Supported(listed) if listed.is_empty() => return Vec::new(),
             Listed::Supported(listed) => listed,
         };
+        if listed.len() > self.per_image {
+            tracing::warn!(
+                image = %source.with_digest(digest),
+                listed = listed.len(),
+                synced = self.per_image,
+                "more referrers than settings.referrers_per_image: only the first are synced"
+            );
+            listed.truncate(self.per_image);
+        }
         let cached = match self
             .toolbox
             .referrers(target, digest, Side::Cache, self.check_timeout)
@@ -198,6 +221,7 @@ impl Referrers<'_> {
             let copied = self
                 .under_reserve(
                     source,
+                    target,
                     self.toolbox.copy_by_digest(
                         source,
                         &referrer.digest,
@@ -227,6 +251,9 @@ impl Referrers<'_> {
         tag: &Tag,
         gets: &AtomicU32,
     ) -> Found {
+        if let Some(skipped) = self.breakers.check(&[source.host(), target.host()]) {
+            return Found::Failed(skipped);
+        }
         let upstream = self
             .toolbox
             .digest(source, tag, Side::Upstream, self.check_timeout, self.cancel)
@@ -253,6 +280,7 @@ impl Referrers<'_> {
         let copied = self
             .under_reserve(
                 source,
+                target,
                 self.toolbox.copy(
                     source,
                     &upstream,
@@ -280,8 +308,16 @@ impl Referrers<'_> {
     async fn under_reserve(
         &self,
         source: &Repository,
+        target: &Repository,
         copy: impl std::future::Future<Output = crate::registry::Attempted<()>>,
     ) -> Result<(), Failure> {
+        let hosts = [source.host(), target.host()];
+        if let Some(skipped) = self.breakers.check(&hosts) {
+            return Err(skipped);
+        }
+        if let Some(skipped) = self.refusals.check(&[target.host()]) {
+            return Err(skipped);
+        }
         let ledger = self.toolbox.ledger();
         let ticket = ledger
             .admit(source.host())
@@ -289,6 +325,16 @@ impl Referrers<'_> {
         let copied = copy.await;
         let gets = copied.gets + copied.children.unwrap_or_default();
         ledger.settle(ticket, gets);
+        if let Err(failure) = &copied.outcome {
+            if failure.class.trips_breaker() {
+                self.breakers.trip(failure);
+            } else if failure.class == Class::WriteRefused
+                && failure.side == Some(Side::Cache)
+                && self.refusals.trip(failure).is_some()
+            {
+                tracing::warn!(registry = %target.host(), cause = %failure, "the cache refused a referrer copy: no more referrer copies go to it in this run (each would spend an upstream pull for the same answer)");
+            }
+        }
         copied.outcome
     }
 }

@@ -35,6 +35,8 @@ struct Context {
     cancel: Cancel,
     copies: Arc<Semaphore>,
     breakers: Breakers,
+    /// Caches that refused a referrer copy (see [`Referrers::refusals`]).
+    referrer_refusals: Breakers,
     deadline: Option<Instant>,
 }
 
@@ -193,6 +195,7 @@ pub async fn sync_all(
         cancel: cancel.clone(),
         copies: Arc::new(Semaphore::new(plan.settings.concurrency)),
         breakers: Breakers::default(),
+        referrer_refusals: Breakers::default(),
         deadline: plan.settings.run_deadline.map(|limit| started + limit),
     });
     preflight(plan, &context).await;
@@ -206,12 +209,19 @@ pub async fn sync_all(
     // differ from `job.index`, the position in the config.
     for (position, job) in plan.jobs.iter().enumerate() {
         // Take the check permit before spawning, so that images start in config order and
-        // a stopped run starts nothing new.
-        let permit = tokio::select! {
-            permit = Arc::clone(&checks).acquire_owned() => permit,
-            _ = watch.wait_for(|cancelled| *cancelled) => break,
+        // a stopped run starts nothing new. Finished tasks are joined meanwhile: a finished
+        // image keeps its result only, not its task (sized for the whole `sync_image`).
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    store(plan, &mut results, &mut task_index, joined);
+                }
+                permit = Arc::clone(&checks).acquire_owned() => break Some(permit),
+                _ = watch.wait_for(|cancelled| *cancelled) => break None,
+            }
         };
-        let Ok(permit) = permit else { break };
+        let Some(Ok(permit)) = permit else { break };
         if context.cancelled() || context.past_deadline() {
             break;
         }
@@ -221,22 +231,7 @@ pub async fn sync_all(
     }
 
     while let Some(joined) = tasks.join_next_with_id().await {
-        match joined {
-            Ok((id, result)) => {
-                if let Some(&index) = task_index.get(&id) {
-                    results[index] = Some(result);
-                }
-            }
-            Err(err) => {
-                if let Some(&index) = task_index.get(&err.id()) {
-                    let failure = Failure::new(
-                        Class::Other,
-                        format!("internal error: the task for this image {err}"),
-                    );
-                    results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
-                }
-            }
-        }
+        store(plan, &mut results, &mut task_index, joined);
     }
 
     let not_started = if context.cancelled() {
@@ -249,6 +244,31 @@ pub async fn sync_all(
         .zip(results)
         .map(|(job, result)| result.unwrap_or_else(|| Outcome::new(job).deferred(&not_started)))
         .collect()
+}
+
+/// Puts a joined task's result at its image's position.
+fn store(
+    plan: &Plan,
+    results: &mut [Option<ImageResult>],
+    task_index: &mut HashMap<tokio::task::Id, usize>,
+    joined: Result<(tokio::task::Id, ImageResult), tokio::task::JoinError>,
+) {
+    match joined {
+        Ok((id, result)) => {
+            if let Some(index) = task_index.remove(&id) {
+                results[index] = Some(result);
+            }
+        }
+        Err(err) => {
+            if let Some(index) = task_index.remove(&err.id()) {
+                let failure = Failure::new(
+                    Class::Other,
+                    format!("internal error: the task for this image {err}"),
+                );
+                results[index] = Some(Outcome::new(&plan.jobs[index]).failed(None, &failure));
+            }
+        }
+    }
 }
 
 /// One digest check of the cache before the fan-out: a cache that is down (refuses, hangs
@@ -744,6 +764,9 @@ async fn with_referrers(
         pull_timeout: context.settings.pull_timeout,
         cancel: &context.cancel,
         copies: &context.copies,
+        breakers: &context.breakers,
+        refusals: &context.referrer_refusals,
+        per_image: context.settings.referrers_per_image,
     };
     let mut synced = referrers.sync(&job.source, &job.target, remote).await;
     // A filtered index is not the upstream's: signatures of the upstream index digest are

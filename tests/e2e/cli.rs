@@ -175,3 +175,51 @@ fn bash_completes_subcommands_and_flags_from_the_generated_script() {
     let replies = ask("image-sync --dry", 1);
     assert_eq!(replies.trim(), "--dry-run", "{replies}");
 }
+
+/// Issue 18 item 12: `--pushgateway` and `IMAGE_SYNC_PUSHGATEWAY` get the check
+/// `settings.pushgateway` gets (http(s), no credentials), before any request, and the
+/// error never repeats the credentials.
+#[test]
+fn a_pushgateway_from_the_command_line_or_the_environment_is_validated_and_redacted() {
+    for bad in [
+        "http://alice:s3cr3t-pw@127.0.0.1:9091",
+        "ftp://alice:s3cr3t-pw@127.0.0.1:9091",
+        "not a url s3cr3t-pw",
+    ] {
+        let by_flag = ImageSync::new()
+            .config(VALID)
+            .args(["--check", "--pushgateway", bad])
+            .without_env("IMAGE_SYNC_PUSHGATEWAY")
+            .run();
+        let by_env = ImageSync::new()
+            .config(VALID)
+            .arg("--check")
+            .env("IMAGE_SYNC_PUSHGATEWAY", bad)
+            .run();
+        for outcome in [by_flag, by_env] {
+            outcome.expect_code(2);
+            assert!(
+                outcome
+                    .stderr
+                    .contains("invalid --pushgateway (or IMAGE_SYNC_PUSHGATEWAY)"),
+                "{bad}: {}",
+                outcome.stderr
+            );
+            if bad.contains('@') {
+                assert!(!outcome.stderr.contains("s3cr3t-pw"), "{}", outcome.stderr);
+                assert!(!outcome.stderr.contains("alice"), "{}", outcome.stderr);
+            }
+        }
+    }
+    let fine = ImageSync::new()
+        .config(VALID)
+        .args(["--check", "--pushgateway", "http://127.0.0.1:9091"])
+        .run();
+    fine.expect_code(0);
+    let empty = ImageSync::new()
+        .config(VALID)
+        .arg("--check")
+        .env("IMAGE_SYNC_PUSHGATEWAY", "")
+        .run();
+    empty.expect_code(0);
+}

@@ -360,6 +360,63 @@ fn ten_thousand_referrers_end_in_a_bounded_warning() {
     );
 }
 
+/// Issue 18 item 4: a referrers listing longer than `settings.referrers_per_image` (here
+/// 150 artifacts, a cap of 5) is cut to the cap with a warning: 5 artifacts are looked at
+/// (each a GET of a digest the upstream does not have), not 150.
+#[test]
+fn referrers_past_the_per_image_cap_are_left_out_with_a_warning() {
+    let Some(p) = pair() else { return };
+    let Some(cache) = Registry::start_with_referrers_api() else {
+        return;
+    };
+    let up = p.upstream.host();
+    image::push_singles(&p.tools, &up, &["app/many"]);
+    let descriptors: Vec<String> = (0..150)
+        .map(|i| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{i:064x}","size":1,"artifactType":"application/spdx+json"}}"#
+            )
+        })
+        .collect();
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        descriptors.join(",")
+    );
+    let proxy = FaultProxy::start(up.clone()).rule(
+        Rule::new("GET", "/referrers/").respond(
+            Fault::status(200)
+                .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+                .body(index),
+        ),
+    );
+    let run = ImageSync::new()
+        .config(&yaml(
+            &cache.host(),
+            &[format!("{}/app/many", proxy.host())],
+            "  referrers: true\n  referrers_per_image: 5\n",
+        ))
+        .run_within(RUN_LIMIT);
+    run.expect_code(0);
+    assert_eq!(run.actions(), ["pulled"], "{}", error_of(&run, 0));
+    assert_eq!(run.result(0)["referrers"]["failed"], 5, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("more referrers than settings.referrers_per_image"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        proxy.count("GET", "/manifests/sha256:0000000000"),
+        5,
+        "five artifacts looked at, not 150"
+    );
+    assert_eq!(
+        p.upstream.counts().manifest_gets,
+        1 + 5,
+        "the image and the five"
+    );
+}
+
 /// A token endpoint that never answers: the check fails within its deadline, naming the
 /// token request; nothing else waits for it.
 #[test]

@@ -274,7 +274,8 @@ fn signatures_attestations_and_referrers_follow_the_image_and_a_no_op_run_spends
 
 #[test]
 fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_required() {
-    let Some(signed) = signed_image("") else {
+    // One copy at a time: the first refusal stops the image's other referrer copies.
+    let Some(signed) = signed_image("  concurrency: 1\n") else {
         return;
     };
     // The cache refuses every referrer tag (and only those); the image itself goes in.
@@ -300,8 +301,14 @@ fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_require
         "{}",
         lenient.stderr
     );
-    // The image, .sig, .att, the referrers index and its artifact: each read once.
-    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 5);
+    // The image, and the one referrer copy the cache refused (issue 18 item 4: the other
+    // two were not attempted, each would have spent a pull for the same refusal).
+    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 2);
+    assert!(
+        lenient.stderr.contains("no more referrer copies go to it"),
+        "{}",
+        lenient.stderr
+    );
 
     let required = config.replace(
         "  referrers: true\n",
@@ -323,13 +330,86 @@ fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_require
         strict.result(0)["cached_digest"].as_str(),
         Some(signed.digest.as_str())
     );
-    // The image was cached already: only the referrers were read again.
-    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 4);
+    // The image was cached already: one referrer copy was tried again, one pull.
+    assert_eq!((signed.pair.upstream.counts() - before).manifest_gets, 1);
     assert_eq!(
         image_gets(&signed),
         1,
         "the image is read once, by the first run"
     );
+}
+
+/// Issue 18 item 4: a cache that refuses referrers costs one pull per run, not one per
+/// referrer of every image: after its first refusal no referrer copy goes to it (a
+/// breaker by host, as for images); the images themselves are copied.
+#[test]
+fn a_cache_refusing_referrers_costs_one_pull_per_run_not_one_per_referrer() {
+    let Some(signed) = signed_image("  concurrency: 1\n  check_concurrency: 1\n") else {
+        return;
+    };
+    let up = signed.pair.upstream.host();
+    let other = format!("{up}/team/second");
+    image::push_new(
+        &signed.pair.tools,
+        Kind::Single,
+        "second",
+        &format!("{other}:1"),
+        Format::Oci,
+    );
+    let digest = image::digest_of(&signed.pair.tools, &format!("{other}:1")).expect("digest");
+    artifact(
+        &signed.oras,
+        signed.dir.path(),
+        "push",
+        &format!("{other}:{}.sig", digest.replace(':', "-")),
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        "{\"sig\":2}",
+    );
+    let proxy = FaultProxy::start(signed.pair.cache.host()).rule(
+        Rule::new("PUT", "/manifests/sha256-").respond(Fault::registry_error(
+            400,
+            "MANIFEST_INVALID",
+            "manifest invalid",
+        )),
+    );
+    let config = signed
+        .config
+        .replace(&signed.pair.cache.host(), &proxy.host())
+        .replace(
+            "images:\n",
+            &format!("images:\n  - {{source: \"{other}\", tag: \"1\"}}\n"),
+        );
+    for run_number in 1..=2 {
+        let before = signed.pair.upstream.counts();
+        let run = ImageSync::new().config(&config).run();
+        run.expect_code(0);
+        let pulled = if run_number == 1 {
+            "pulled"
+        } else {
+            "already_cached"
+        };
+        assert_eq!(run.actions(), [pulled, pulled]);
+        assert_eq!(
+            proxy.count("PUT", "/manifests/sha256-"),
+            run_number,
+            "one refused write per run"
+        );
+        let spent = signed.pair.upstream.counts() - before;
+        let images = if run_number == 1 { 2 } else { 0 };
+        assert_eq!(
+            spent.manifest_gets,
+            images + 1,
+            "run {run_number}: {spent:?}"
+        );
+        let second = &run.result(1)["referrers"];
+        assert_eq!(second["copied"], 0);
+        assert!(second["failed"].as_u64() >= Some(1), "{second}");
+        assert!(
+            run.stderr.contains("refused a referrer copy"),
+            "{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
