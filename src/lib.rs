@@ -4,6 +4,7 @@
 //! [`run`] is the whole program: load and validate the config into a [`input::plan::Plan`], find
 //! the tools, sync every image, print the [`output::report::Report`], and return the exit code.
 
+pub mod cluster;
 pub mod input;
 pub mod nodes;
 pub mod output;
@@ -21,7 +22,7 @@ use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
 use crate::registry::{Toolbox, docker_hub};
-use crate::run::{partition, signals, sync, tag_listing};
+use crate::run::{coordination, partition, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
 /// The subcommands that print a document generated from image-sync's own definitions (the
@@ -50,10 +51,10 @@ fn print_generated(command: &cli::Command) -> Option<u8> {
 
 /// Runs image-sync with parsed arguments and returns the process exit code.
 pub fn run(cli: &Cli) -> u8 {
-    if let Some(command) = &cli.command {
-        if let Some(code) = print_generated(command) {
-            return code;
-        }
+    if let Some(command) = &cli.command
+        && let Some(code) = print_generated(command)
+    {
+        return code;
     }
     let plan = match load_plan(cli) {
         Ok(plan) => plan,
@@ -119,6 +120,14 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
+    // Before any registry request: another run holding the cache means no copies at all.
+    let (lease, renewal) = match cli.lease.as_deref() {
+        None => (None, None),
+        Some(name) => match coordination::acquire(name).await {
+            coordination::Decision::Sync(lease, renewal) => (Some(lease), Some(renewal)),
+            coordination::Decision::Skip(lease) => return skipped_run(plan, dry_run, shard, lease),
+        },
+    };
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
@@ -161,6 +170,10 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     report.quota = quota;
     report.shard = shard;
     report.tag_lists = tag_lists;
+    report.lease = lease;
+    if let Some(renewal) = renewal {
+        renewal.finish(shard.is_none()).await;
+    }
     let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     report.print(&mut std::io::stdout().lock(), pretty);
     for (registry, (heads, gets)) in &requests {
@@ -211,6 +224,28 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
         // An empty variable (an empty ConfigMap key) means "not set".
         .filter(|url| !url.trim().is_empty());
     metrics::publish(&figures, cli.metrics_file.as_deref(), pushgateway).await;
+    code
+}
+
+/// A run that copied nothing because of the lease: its report (no results, `lease` says
+/// why), success when another run holds the cache, a failure when the lease could not be
+/// asked for. No metrics are pushed: the run holding the lease reports the cache's state.
+fn skipped_run(
+    plan: &Plan,
+    dry_run: bool,
+    shard: Option<shard::Shard>,
+    lease: coordination::LeaseReport,
+) -> u8 {
+    let code = if lease.outcome == "held" {
+        exit::SUCCESS
+    } else {
+        exit::IMAGES_FAILED
+    };
+    let mut report = Report::new(&plan.cache_registry, dry_run, Vec::new());
+    report.shard = shard;
+    report.lease = Some(lease);
+    let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    report.print(&mut std::io::stdout().lock(), pretty);
     code
 }
 

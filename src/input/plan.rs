@@ -430,11 +430,11 @@ fn resolve_settings(
             crate::registry::quota::Reserve::default()
         }
     };
-    if let Some(url) = &raw.pushgateway {
-        if let Err(message) = check_pushgateway(url) {
-            problem("settings.pushgateway".to_owned(), message);
-            ok = false;
-        }
+    if let Some(url) = &raw.pushgateway
+        && let Err(message) = check_pushgateway(url)
+    {
+        problem("settings.pushgateway".to_owned(), message);
+        ok = false;
     }
     ok.then(|| Settings {
         concurrency: usize::try_from(concurrency).unwrap_or(DEFAULT_CONCURRENCY),

@@ -152,6 +152,10 @@ pub struct Report {
     /// One entry per `tags:` entry of the config: the listing's cost and what it selected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tag_lists: Vec<TagList>,
+    /// The cache's lease (`--lease`): whether this run held it or copied nothing because
+    /// another run did. Absent without `--lease`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::run::coordination::LeaseReport>,
 }
 
 impl Report {
@@ -179,6 +183,7 @@ impl Report {
             results,
             shard: None,
             tag_lists: Vec::new(),
+            lease: None,
         }
     }
 

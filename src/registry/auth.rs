@@ -285,20 +285,19 @@ impl<E: Clone> Tokens<E> {
             if let Some(token) = usable(&state, scope, stale) {
                 return Ok(token);
             }
-            if let Some((number, failure)) = state.failed.get(scope) {
-                if *number > asked_after {
-                    return Err(failure.clone());
-                }
+            if let Some((number, failure)) = state.failed.get(scope)
+                && *number > asked_after
+            {
+                return Err(failure.clone());
             }
             if let Some(refused) = stale.and_then(|stale| {
                 state
                     .tokens
                     .get(scope)
                     .filter(|token| &*token.value == stale)
-            }) {
-                if refused.scopes > 1 {
-                    state.one_scope = true;
-                }
+            }) && refused.scopes > 1
+            {
+                state.one_scope = true;
             }
             let mut batch = vec![scope.to_owned()];
             state.queued.remove(scope);

@@ -108,10 +108,10 @@ fn config_path_in(env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Option<Pa
             None => home_config,
         };
     }
-    if let Some(file) = env("REGISTRY_AUTH_FILE").map(PathBuf::from) {
-        if file.is_file() {
-            return Some(file);
-        }
+    if let Some(file) = env("REGISTRY_AUTH_FILE").map(PathBuf::from)
+        && file.is_file()
+    {
+        return Some(file);
     }
     let runtime = env("XDG_RUNTIME_DIR").map(|dir| PathBuf::from(dir).join("containers/auth.json"));
     if let Some(file) = runtime.filter(|file| file.is_file()) {

@@ -613,10 +613,11 @@ impl Toolbox {
         tool: Tool,
         (outcome, spent): (Result<process::Finished, Failure>, Spent),
     ) -> Attempted<()> {
-        if let Err(failure) = &outcome {
-            if failure.class == Class::RateLimited && failure.side == Some(Side::Upstream) {
-                self.ledger.exhausted(source.host());
-            }
+        if let Err(failure) = &outcome
+            && failure.class == Class::RateLimited
+            && failure.side == Some(Side::Upstream)
+        {
+            self.ledger.exhausted(source.host());
         }
         Attempted {
             gets: spent.gets,

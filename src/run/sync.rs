@@ -267,15 +267,15 @@ async fn preflight(plan: &Plan, context: &Context) {
             &context.cancel,
         )
         .await;
-    if let Err(failure) = probe.outcome {
-        if failure.class.trips_breaker() || failure.class == Class::TimedOut {
-            context.breakers.trip(&failure);
-            tracing::error!(
-                registry = %first.target.host(),
-                cause = %failure,
-                "the cache registry is down: every image fails with this cause"
-            );
-        }
+    if let Err(failure) = probe.outcome
+        && (failure.class.trips_breaker() || failure.class == Class::TimedOut)
+    {
+        context.breakers.trip(&failure);
+        tracing::error!(
+            registry = %first.target.host(),
+            cause = %failure,
+            "the cache registry is down: every image fails with this cause"
+        );
     }
 }
 

@@ -889,17 +889,17 @@ fn serve(shared: &Shared, client: TcpStream) -> io::Result<()> {
         let token_rule = shared.token_auth.is_some()
             && target.starts_with("/token")
             && shared.rule_fires(&method, &target, &request);
-        if let (Some(gate), false) = (&shared.token_auth, token_rule) {
-            if let Some(answer) = gate_answer(shared, gate, &method, &target, &request) {
-                copy_body(&mut reader, &mut io::sink(), request_framing)?;
-                client.write_all(&answer.0)?;
-                client.flush()?;
-                shared.record(&method, &target, &request, answer.1);
-                if close {
-                    return Ok(());
-                }
-                continue;
+        if let (Some(gate), false) = (&shared.token_auth, token_rule)
+            && let Some(answer) = gate_answer(shared, gate, &method, &target, &request)
+        {
+            copy_body(&mut reader, &mut io::sink(), request_framing)?;
+            client.write_all(&answer.0)?;
+            client.flush()?;
+            shared.record(&method, &target, &request, answer.1);
+            if close {
+                return Ok(());
             }
+            continue;
         }
         let quota = lock(&shared.quota).clone();
         let mut quota_headers = Vec::new();
