@@ -23,7 +23,7 @@ use crate::input::{config, reference, shard};
 use crate::output::report::Report;
 use crate::output::{exit, metrics};
 use crate::registry::{Toolbox, docker_hub};
-use crate::run::{partition, prune, signals, sync, tag_listing};
+use crate::run::{coordination, partition, prune, signals, sync, tag_listing};
 use crate::tls::TlsPolicy;
 
 /// The subcommands that print a document generated from image-sync's own definitions (the
@@ -154,6 +154,14 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
+    // Before any registry request: another run holding the cache means no copies at all.
+    let (lease, renewal) = match cli.lease.as_deref() {
+        None => (None, None),
+        Some(name) => match coordination::acquire(name).await {
+            coordination::Decision::Sync(lease, renewal) => (Some(lease), Some(renewal)),
+            coordination::Decision::Skip(lease) => return skipped_run(plan, dry_run, shard, lease),
+        },
+    };
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     if let Err(err) = signals::listen(cancel_tx) {
         tracing::warn!("cannot listen for SIGINT/SIGTERM: {err}");
@@ -241,6 +249,10 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
                 "settings.prune: not pruning after a dry, sharded, failed, deferred or interrupted run"
             );
         }
+    }
+    report.lease = lease;
+    if let Some(renewal) = renewal {
+        renewal.finish(shard.is_none()).await;
     }
     // Closes pooled connections, so that the descriptors counted below are leaks only.
     drop(toolbox);
@@ -379,6 +391,28 @@ async fn prune_only(plan: &Plan, options: prune::Options) -> u8 {
         apply = options.apply,
         "prune finished"
     );
+    code
+}
+
+/// A run that copied nothing because of the lease: its report (no results, `lease` says
+/// why), success when another run holds the cache, a failure when the lease could not be
+/// asked for. No metrics are pushed: the run holding the lease reports the cache's state.
+fn skipped_run(
+    plan: &Plan,
+    dry_run: bool,
+    shard: Option<shard::Shard>,
+    lease: coordination::LeaseReport,
+) -> u8 {
+    let code = if lease.outcome == "held" {
+        exit::SUCCESS
+    } else {
+        exit::IMAGES_FAILED
+    };
+    let mut report = Report::new(&plan.cache_registry, dry_run, Vec::new());
+    report.shard = shard;
+    report.lease = Some(lease);
+    let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    report.print(&mut std::io::stdout().lock(), pretty);
     code
 }
 

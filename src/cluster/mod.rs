@@ -1,4 +1,5 @@
 //! Talking to the Kubernetes API (kube-rs): building a client from a kubeconfig or the
-//! in-cluster service account.
+//! in-cluster service account, and the cache's Lease.
 
 pub mod client;
+pub mod lease;

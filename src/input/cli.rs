@@ -57,6 +57,13 @@ pub struct Cli {
     #[arg(long, env = "IMAGE_SYNC_COVERAGE")]
     pub coverage: bool,
 
+    /// Take the Kubernetes Lease NAME (coordination.k8s.io, the pod's namespace) before
+    /// copying: while another run holds it, this run copies nothing and exits 0 with the
+    /// reason in the report's `lease`. Shards of one run share the holder named by
+    /// `IMAGE_SYNC_LEASE_HOLDER`; a crashed run's lease expires after 60 s.
+    #[arg(long, value_name = "NAME", env = "IMAGE_SYNC_LEASE", value_parser = crate::cluster::lease::parse_name)]
+    pub lease: Option<String>,
+
     /// Log format on stderr (the filter comes from RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

@@ -170,6 +170,10 @@ pub struct Report {
     /// With `settings.coverage: cluster`: the cluster's images against the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageReport>,
+    /// The cache's lease (`--lease`): whether this run held it or copied nothing because
+    /// another run did. Absent without `--lease`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::run::coordination::LeaseReport>,
 }
 
 /// `coverage` in the report: how many distinct images the cluster's workloads name, and
@@ -214,6 +218,7 @@ impl Report {
             tag_lists: Vec::new(),
             coverage: None,
             prune: None,
+            lease: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! writes `output`.
 
 pub mod breaker;
+pub mod coordination;
 pub mod coverage;
 pub mod decision;
 pub mod partition;

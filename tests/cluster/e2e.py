@@ -252,6 +252,16 @@ settings:
 """
 
 
+def api_env_patch(path):
+    """No kube-proxy here, so the kubernetes Service's ClusterIP leads nowhere: the pods
+    reach the apiserver at the node's address instead (its certificate names it)."""
+    ops = [
+        {"op": "add", "path": f"{path}/-", "value": {"name": "KUBERNETES_SERVICE_HOST", "value": ENV.host}},
+        {"op": "add", "path": f"{path}/-", "value": {"name": "KUBERNETES_SERVICE_PORT", "value": ENV.values["API_PORT"]}},
+    ]
+    return json.dumps(ops)
+
+
 def write_overlay(image_ref, config, pushgateway):
     """The run's kustomization on top of tests/cluster/overlay: addresses, image, config."""
     overlay = os.path.join(ENV.work, "overlay")
@@ -279,6 +289,11 @@ configMapGenerator:
   - name: image-sync-monitoring
     literals: ["pushgateway=http://{pushgateway}"]
     options: {{disableNameSuffixHash: true}}
+patches:
+  - target: {{kind: CronJob, name: image-sync}}
+    patch: '{api_env_patch("/spec/jobTemplate/spec/template/spec/containers/0/env")}'
+  - target: {{kind: Job, name: image-sync-initial}}
+    patch: '{api_env_patch("/spec/template/spec/containers/0/env")}'
 """
         )
     return overlay
@@ -483,7 +498,8 @@ def run_steps(images_port, processes):
         "namespace/image-cache", "serviceaccount/image-sync", "configmap/image-sync-config",
         "configmap/image-sync-monitoring", "configmap/zot-config", "service/image-cache",
         "persistentvolumeclaim/zot-data", "deployment.apps/zot", "cronjob.batch/image-sync",
-        "job.batch/image-sync-initial",
+        "job.batch/image-sync-initial", "role.rbac.authorization.k8s.io/image-sync-leases",
+        "rolebinding.rbac.authorization.k8s.io/image-sync-leases",
     ]
     for name in expected:
         assert name in objects, f"{name} not applied; kubectl said:\n{applied}"
@@ -491,6 +507,18 @@ def run_steps(images_port, processes):
     labels = kubectl_json("get", "namespace", NS)["metadata"]["labels"]
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
     assert "kind: Job" in rendered
+
+    phase("6. a run started while the initial sync holds the Lease copies nothing")
+    initial_uid = kubectl("-n", NS, "get", "job", "image-sync-initial", "-o", "jsonpath={.metadata.uid}")
+    wait(
+        "the initial sync's shards hold the Lease",
+        240,
+        lambda: kubectl("-n", NS, "get", "lease", "image-sync", "-o", "jsonpath={.spec.holderIdentity}", check=False) == initial_uid,
+        interval=0.5,
+    )
+    # A Job from the CronJob's own template, as the CronJob creates it on schedule.
+    kubectl("-n", NS, "create", "job", "--from=cronjob/image-sync", "image-sync-overlap")
+    overlap_running_with_initial = not job_complete("image-sync-initial")
 
     phase("2. the initial-sync Indexed Job (4 shards) completes; the cache holds the upstream digests")
     wait("job image-sync-initial Complete", 300, lambda: job_complete("image-sync-initial"))
@@ -500,19 +528,35 @@ def run_steps(images_port, processes):
     for pod in pods:
         _, report = pod_ip_and_report(pod)
         assert report["summary"]["failed"] == 0, report
+        assert report["lease"]["outcome"] == "acquired" and report["lease"]["holder"] == initial_uid, report
         pulled += report["summary"]["pulled"]
     assert pulled == 4, f"the 4 shards pulled {pulled} images"
+    wait("job image-sync-overlap Complete", 120, lambda: job_complete("image-sync-overlap"))
+    (pod,) = job_pods("image-sync-overlap")
+    ip, report = pod_ip_and_report(pod)
+    assert report["lease"]["outcome"] == "held" and report["lease"]["held_by"] == initial_uid, report
+    assert report["results"] == [] and report["summary"]["pulled"] == 0, report
+    assert upstream.requests(ip) == [], f"the overlapping run asked the upstream: {upstream.requests(ip)}"
+    print(f"cluster e2e: the overlapping run started while the initial Job was {'running' if overlap_running_with_initial else 'done but holding the Lease'}; 0 upstream requests", file=sys.stderr)
     for repo in ("library/app", "legacy/list", "single/oci", "signed/app"):
         got = cache.head_digest(repo, "v1")
         assert got == upstream_digests[repo], f"cache {repo}:v1 is {got}, upstream {upstream_digests[repo]}"
     sig = upstream_digests["signed/app@sig"]
     assert cache.head_digest("signed/app", sig) == sig, "the signature was not copied"
-    initial_done = {j["metadata"]["name"] for j in cronjob_jobs()}
+    initial_done = {j["metadata"]["name"] for j in cronjob_jobs()} - {"image-sync-overlap"}
 
     phase("3. a CronJob run is a no-op: 0 upstream manifest GETs from its pod, metrics pushed")
-    job = next_cronjob_run(initial_done)
-    (pod,) = job_pods(job)
-    ip, report = pod_ip_and_report(pod)
+    seen = set(initial_done) | {"image-sync-overlap"}
+    while True:
+        job = next_cronjob_run(seen)
+        seen.add(job)
+        (pod,) = job_pods(job)
+        ip, report = pod_ip_and_report(pod)
+        if report["lease"]["outcome"] == "acquired":
+            break
+        # A scheduled run that found the initial sync's Lease not yet expired: it too
+        # copies nothing and asks the upstream nothing.
+        assert report["lease"]["outcome"] == "held" and upstream.requests(ip) == [], report
     assert report["summary"] == {**report["summary"], "already_cached": 4, "pulled": 0, "failed": 0}, report
     assert upstream.requests(ip), f"no upstream request from the CronJob pod's address {ip} in the access log"
     gets = upstream.manifest_gets(ip)
@@ -548,9 +592,13 @@ def run_steps(images_port, processes):
     amd, amd_desc = oci.image(reg, "library/app", "v2-amd64", [busybox_layer("app v2")], config=APP_CONFIG)
     new_digest = oci.index(reg, "library/app", "v1", [amd_desc])
     assert new_digest != upstream_digests["library/app"]
-    job = next_cronjob_run(seen_jobs)
-    (pod,) = job_pods(job)
-    ip, report = pod_ip_and_report(pod)
+    while True:
+        job = next_cronjob_run(seen_jobs)
+        seen_jobs.add(job)
+        (pod,) = job_pods(job)
+        ip, report = pod_ip_and_report(pod)
+        if report["lease"]["outcome"] == "acquired":
+            break
     assert report["summary"]["pulled"] == 1 and report["summary"]["failed"] == 0, report
     assert cache.head_digest("library/app", "v1") == new_digest
     kubectl("-n", WORKLOADS, "rollout", "restart", "deployment/app")

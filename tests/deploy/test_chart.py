@@ -470,11 +470,15 @@ def test_initial_sync_shards_and_name(helm, default_render):
     assert not by_kind(render(helm, "--set", "initialSync.enabled=false"), "Job")
 
 
-def test_rbac_is_off_until_asked_for(helm, default_render):
-    assert not [o for o in default_render if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
-    assert pod(default_render)["automountServiceAccountToken"] is False
+def test_rbac_is_the_run_lease_only_unless_asked_for(helm, default_render):
+    assert not [o for o in default_render if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    off = render(helm, "--set", "rbac.leases.enabled=false")
+    assert not [o for o in off if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    assert pod(off)["automountServiceAccountToken"] is False
+    assert "--lease" not in pod(off)["containers"][0]["args"]
 
-    leases = render(helm, "--set", "rbac.leases.enabled=true")
+    leases = default_render
+    assert pod(leases)["containers"][0]["args"][-2:] == ["--lease", "image-sync"]
     role = single(leases, "Role")
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                               "verbs": ["get", "create", "update"]}]

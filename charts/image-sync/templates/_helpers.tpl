@@ -105,7 +105,7 @@ template:
   spec:
     restartPolicy: Never
     serviceAccountName: {{ include "image-sync.serviceAccountName" . }}
-    # image-sync talks to registries only; the token comes with the API features (rbac.*).
+    # The token comes with the API features (rbac.*: the run Lease, coverage).
     automountServiceAccountToken: {{ include "image-sync.needsApi" . }}
     terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds | int64 }}
     securityContext:
@@ -142,7 +142,18 @@ template:
           - --shard-count
           - {{ $shards | quote }}
           {{- end }}
+          {{- if .Values.rbac.leases.enabled }}
+          - --lease
+          - image-sync
+          {{- end }}
         env:
+          {{- if .Values.rbac.leases.enabled }}
+          # The run holding the Lease is the Job: every shard shares its Job's uid.
+          - name: IMAGE_SYNC_LEASE_HOLDER
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.labels['batch.kubernetes.io/controller-uid']
+          {{- end }}
           {{- if .Values.dockerHub.existingSecret }}
           # crane reads $DOCKER_CONFIG/config.json; skopeo gets the file passed explicitly.
           - name: DOCKER_CONFIG
