@@ -319,26 +319,15 @@ async fn contents(
                 .get_manifest(repository, head.digest.as_str(), Side::Cache, budget)
                 .await?
         {
-            contents
-                .children
-                .insert(head.digest.to_string(), children(&fetched.bytes));
+            let children = crate::run::platforms::children(&fetched.bytes);
+            contents.children.insert(
+                head.digest.to_string(),
+                children.iter().map(ToString::to_string).collect(),
+            );
         }
         contents.tags.insert(tag, head.digest.to_string());
     }
     Ok(contents)
-}
-
-fn children(index: &[u8]) -> BTreeSet<String> {
-    serde_json::from_slice::<serde_json::Value>(index)
-        .ok()
-        .and_then(|value| {
-            value.get("manifests").and_then(|m| m.as_array()).map(|m| {
-                m.iter()
-                    .filter_map(|child| child.get("digest")?.as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 /// How the cache deletes, asked by two probes that delete nothing.
