@@ -14,11 +14,10 @@ pub mod records;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::input::plan::Plan;
 use crate::input::reference::Repository;
 use crate::output::exit;
+use crate::output::prune_report::{Kept, PruneReport};
 use crate::registry::client::{Client, Deleted};
 use crate::registry::{Class, Failure, Side};
 use decide::{Contents, Deletes, Inputs, Target};
@@ -28,50 +27,6 @@ pub const DEFAULT_MAX_DELETIONS: u32 = 50;
 
 /// The tag the tag-delete probe asks to delete (never written by anyone).
 const PROBE_TAG: &str = "image-sync-delete-probe";
-
-/// One recorded tag that stays.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Kept {
-    /// `host/repository:tag`.
-    pub image: String,
-    /// Why it stays.
-    pub why: String,
-}
-
-/// The `prune` report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PruneReport {
-    /// Tags that go (without `--apply`: would go).
-    pub would_delete: Vec<String>,
-    /// Tags deleted in this run.
-    pub deleted: Vec<String>,
-    /// Recorded tags that stay, and why.
-    pub kept: Vec<Kept>,
-    /// How the cache deletes: `tag`, `digest` or `disabled`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletes: Option<&'static str>,
-    /// Why prune stopped, or null.
-    pub error: Option<String>,
-}
-
-/// `{"prune": ...}` on stdout.
-#[derive(Serialize)]
-struct Printed<'a> {
-    prune: &'a PruneReport,
-}
-
-impl PruneReport {
-    /// Prints `{"prune": ...}` as pretty JSON.
-    pub fn print(&self, out: &mut impl std::io::Write) {
-        let written = serde_json::to_writer_pretty(&mut *out, &Printed { prune: self })
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-            .and_then(|()| out.flush());
-        if let Err(err) = written {
-            tracing::warn!(error = %err, "could not write the prune report to stdout");
-        }
-    }
-}
 
 /// What prune was asked to do.
 #[derive(Debug, Clone, Copy)]
