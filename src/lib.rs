@@ -343,19 +343,15 @@ async fn record_writes(
         None => std::env::var("HOSTNAME").unwrap_or_else(|_| "run".to_owned()),
     };
     let records = prune::records::repository(plan);
-    match prune::records::write(
-        client,
-        &records,
-        &entries,
-        &writer,
-        plan.settings.check_timeout,
-    )
-    .await
-    {
-        Ok(Some(tag)) => {
+    let budget = plan.settings.check_timeout;
+    match prune::records::record(client, &records, &entries, &writer, budget).await {
+        Ok(prune::records::Added::Covered) => {}
+        Ok(prune::records::Added::Written(tag)) => {
             tracing::debug!(record = %tag, tags = entries.len(), "recorded the tags written")
         }
-        Ok(None) => {}
+        Ok(prune::records::Added::Merged { tag, replaced }) => {
+            tracing::debug!(record = %tag, replaced, "recorded the tags written; records merged")
+        }
         Err(failure) => {
             tracing::warn!(cause = %failure, "cannot record the tags written in the cache; prune will leave them alone")
         }

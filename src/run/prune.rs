@@ -179,22 +179,12 @@ async fn prune(
         })
         .cloned()
         .collect();
-    if read.len() > 1 || !removed.is_empty() {
-        match records::write(client, &records_repo, &kept_entries, "prune", budget).await {
-            Ok(_) => {
-                for record in &read {
-                    if let Err(failure) = client
-                        .delete_manifest(&records_repo, record.digest.as_str(), budget)
-                        .await
-                    {
-                        tracing::warn!(record = %record.tag, cause = %failure, "cannot delete a merged record; the next prune merges it again");
-                    }
-                }
-            }
-            Err(failure) => {
-                tracing::warn!(cause = %failure, "cannot write the merged record; the records are kept as they are");
-            }
-        }
+    let compact = read.len() > 1 || !removed.is_empty();
+    if compact
+        && let Err(failure) =
+            records::replace(client, &records_repo, &read, &kept_entries, "prune", budget).await
+    {
+        tracing::warn!(cause = %failure, "cannot write the merged record; the records are kept as they are");
     }
     report.kept.sort_by(|a, b| a.image.cmp(&b.image));
     match failed {
@@ -285,8 +275,9 @@ async fn contents(
     Ok(contents)
 }
 
-/// How the cache deletes, asked by two probes that delete nothing.
-async fn deletes(
+/// How the cache deletes, asked by two probes that delete nothing (in `records`, the
+/// records repository).
+pub(super) async fn deletes(
     client: &Client,
     records: &Repository,
     budget: Duration,

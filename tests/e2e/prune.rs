@@ -360,3 +360,200 @@ fn fifty_one_tags_to_delete_are_over_the_default_cap_nothing_is_deleted_and_the_
     assert_eq!(image::digest_of(&pair.tools, &format!("{c}/many:0")), None);
     assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
 }
+
+/// The records library against a real registry: a client as a run builds it.
+mod records_of {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use image_sync::input::reference::Repository;
+    use image_sync::registry::client::Client;
+    use image_sync::registry::credentials::Keyring;
+    use image_sync::registry::quota::{Ledger, Reserve};
+    use image_sync::run::prune::records::{self, Entry};
+    use image_sync::tls::TlsPolicy;
+
+    pub const BUDGET: Duration = Duration::from_secs(30);
+
+    pub fn client() -> Client {
+        Client::new(
+            TlsPolicy::new(Default::default()),
+            Arc::new(Keyring::discover()),
+            Arc::new(Ledger::new(Reserve::Pulls(0))),
+        )
+        .expect("client")
+    }
+
+    pub fn entry(tag: &str) -> Entry {
+        Entry {
+            repository: "app".to_owned(),
+            tag: tag.to_owned(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+        }
+    }
+
+    /// Every entry of every record there now.
+    pub async fn recorded(client: &Client, repo: &Repository) -> (usize, Vec<Entry>) {
+        let read = records::read(client, repo, BUDGET).await.expect("read");
+        let mut entries: Vec<Entry> = read.iter().flat_map(|r| r.entries.clone()).collect();
+        entries.sort();
+        entries.dedup();
+        (read.len(), entries)
+    }
+
+    pub use records::{Added, COMPACT_AT, add, read, record, write};
+}
+
+#[test]
+fn two_writers_merging_the_records_at_once_lose_no_entry_and_a_recorded_entry_is_not_written_again()
+{
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let cache = crate::support::registry::Registry::start(&tools);
+    let repo = image_sync::input::reference::Repository::new(&cache.host(), "image-sync/records");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use records_of::*;
+        let client = client();
+        // COMPACT_AT records of one entry each: the next writer merges.
+        let mut expected: Vec<_> = (0..COMPACT_AT)
+            .map(|n| entry(&format!("old-{n:02}")))
+            .collect();
+        for old in &expected {
+            write(&client, &repo, std::slice::from_ref(old), "seed", BUDGET)
+                .await
+                .expect("write");
+        }
+        // An entry some record holds is not written again: no push.
+        let puts = |cache: &crate::support::registry::Registry| {
+            cache
+                .requests()
+                .iter()
+                .filter(|(method, path, _)| method == "PUT" && path.contains("/manifests/"))
+                .count()
+        };
+        let before = puts(&cache);
+        let covered = record(&client, &repo, &expected[..3], "again", BUDGET).await;
+        assert_eq!(covered.expect("record"), Added::Covered);
+        assert_eq!(puts(&cache), before);
+
+        // The worst interleaving: both writers read every record before either merges.
+        let seen_by_a = read(&client, &repo, BUDGET).await.expect("read a");
+        let seen_by_b = read(&client, &repo, BUDGET).await.expect("read b");
+        assert_eq!((seen_by_a.len(), seen_by_b.len()), (COMPACT_AT, COMPACT_AT));
+        let (a, b) = (entry("from-a"), entry("from-b"));
+        let merged_a = add(
+            &client,
+            &repo,
+            &seen_by_a,
+            std::slice::from_ref(&a),
+            "a",
+            BUDGET,
+        )
+        .await;
+        let merged_b = add(
+            &client,
+            &repo,
+            &seen_by_b,
+            std::slice::from_ref(&b),
+            "b",
+            BUDGET,
+        )
+        .await;
+        assert!(
+            matches!(merged_a, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
+            "{merged_a:?}"
+        );
+        assert!(
+            matches!(merged_b, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
+            "{merged_b:?}"
+        );
+        expected.extend([a, b]);
+        expected.sort();
+        let (count, entries) = recorded(&client, &repo).await;
+        assert_eq!(entries, expected, "no entry lost");
+        assert_eq!(count, 2, "each writer's merge, the records they read gone");
+
+        // Truly at once, over the compaction threshold again: nothing lost either.
+        for n in 0..COMPACT_AT {
+            let one = entry(&format!("more-{n:02}"));
+            write(&client, &repo, std::slice::from_ref(&one), "seed", BUDGET)
+                .await
+                .expect("write");
+            expected.push(one);
+        }
+        let (c, d) = (entry("from-c"), entry("from-d"));
+        let (merged_c, merged_d) = tokio::join!(
+            record(&client, &repo, std::slice::from_ref(&c), "c", BUDGET),
+            record(&client, &repo, std::slice::from_ref(&d), "d", BUDGET),
+        );
+        assert!(matches!(merged_c, Ok(Added::Merged { .. })), "{merged_c:?}");
+        assert!(matches!(merged_d, Ok(Added::Merged { .. })), "{merged_d:?}");
+        expected.extend([c, d]);
+        expected.sort();
+        let (count, entries) = recorded(&client, &repo).await;
+        assert_eq!(entries, expected, "no entry lost");
+        assert!(count <= 3, "merged: {count} records");
+    });
+}
+
+#[test]
+fn a_run_that_copies_again_what_a_record_holds_writes_no_record() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    upstream_images(&pair);
+    let full = config(&c, &up, ALL, "");
+    ImageSync::new().config(&full).run().expect_code(0);
+    let records = || {
+        let listed = std::process::Command::new(&pair.tools.crane)
+            .args(["ls", &format!("{c}/image-sync/records")])
+            .output()
+            .expect("crane ls");
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    assert_eq!(records(), 1);
+    // lib:1 goes from the cache (not by prune); the next run copies it again, same digest.
+    let digest = image::digest_of(&pair.tools, &format!("{c}/lib:1")).expect("cached");
+    let deleted = std::process::Command::new(&pair.tools.crane)
+        .args(["delete", &format!("{c}/lib@{digest}")])
+        .output()
+        .expect("crane delete");
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let before = pair.upstream.counts();
+    let cache_before = pair.cache.requests().len();
+    let again = ImageSync::new().config(&full).run();
+    again.expect_code(0);
+    assert_eq!(
+        again.actions(),
+        [
+            "already_cached",
+            "already_cached",
+            "already_cached",
+            "already_cached",
+            "pulled"
+        ]
+    );
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1);
+    let pushed: Vec<String> = pair.cache.requests()[cache_before..]
+        .iter()
+        .filter(|(method, path, _)| {
+            method != "GET" && method != "HEAD" && path.contains("image-sync/records")
+        })
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    assert!(
+        pushed.is_empty(),
+        "the entry was recorded already: {pushed:?}"
+    );
+    assert_eq!(records(), 1);
+}
