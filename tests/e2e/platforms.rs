@@ -26,16 +26,8 @@ const SIX: &[&str] = &[
 ];
 
 fn manifest(pair: &Pair, reference: &str) -> Value {
-    let output = std::process::Command::new(&pair.tools.crane)
-        .args(["manifest", reference])
-        .output()
-        .expect("run crane");
-    assert!(
-        output.status.success(),
-        "crane manifest {reference}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("manifest json")
+    serde_json::from_str(&image::crane(&pair.tools, &["manifest", reference]))
+        .expect("manifest json")
 }
 
 fn run(config: &str) -> Outcome {

@@ -32,6 +32,14 @@ fn prune(config: &str, args: &[&str]) -> Outcome {
         .run()
 }
 
+/// How many records the cache holds.
+fn records(pair: &Pair) -> usize {
+    let repository = format!("{}/image-sync/records", pair.cache.host());
+    image::crane(&pair.tools, &["ls", &repository])
+        .lines()
+        .count()
+}
+
 fn strings(value: &Value) -> Vec<String> {
     let mut list: Vec<String> = value
         .as_array()
@@ -78,15 +86,22 @@ const ALL: &[(&str, &str)] = &[
     ("lib", "1"),
 ];
 
-#[test]
-fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_on_distribution() {
-    let Some(pair) = support::pair() else {
-        return;
-    };
+/// A pair whose cache holds every image of [`ALL`], copied by image-sync (so recorded);
+/// with the upstream and cache hosts and that config.
+fn synced_all() -> Option<(Pair, String, String, String)> {
+    let pair = support::pair()?;
     let (up, c) = (pair.upstream.host(), pair.cache.host());
     upstream_images(&pair);
     let full = config(&c, &up, ALL, "");
     ImageSync::new().config(&full).run().expect_code(0);
+    Some((pair, up, c, full))
+}
+
+#[test]
+fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_on_distribution() {
+    let Some((pair, up, c, _)) = synced_all() else {
+        return;
+    };
     // Someone else's tag, and a tag image-sync wrote that someone pushed over.
     image::push_new(
         &pair.tools,
@@ -167,11 +182,7 @@ fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_o
         "prune asks the upstream nothing"
     );
     // The records were merged into one.
-    let records = std::process::Command::new(&pair.tools.crane)
-        .args(["ls", &format!("{c}/image-sync/records")])
-        .output()
-        .expect("crane ls");
-    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 1);
+    assert_eq!(records(&pair), 1);
 
     // A second prune finds nothing more to delete; the listed tags are still kept.
     let again = prune(&cut, &["--apply"]);
@@ -249,15 +260,7 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
         done.expect_code(0);
         stderr.push_str(&done.stderr);
     }
-    let records = std::process::Command::new(&pair.tools.crane)
-        .args(["ls", &format!("{c}/image-sync/records")])
-        .output()
-        .expect("crane ls");
-    assert_eq!(
-        String::from_utf8_lossy(&records.stdout).lines().count(),
-        2,
-        "{stderr}"
-    );
+    assert_eq!(records(&pair), 2, "{stderr}");
     // Nothing listed any more but app:1: every other tag of both shards would go (app:2
     // and app:3 share a digest, so both go with it).
     let only = config(&c, &up, &[("app", "1")], "settings:\n  prune: true\n");
@@ -445,34 +448,23 @@ fn two_writers_merging_the_records_at_once_lose_no_entry_and_a_recorded_entry_is
         let seen_by_a = read(&client, &repo, BUDGET).await.expect("read a");
         let seen_by_b = read(&client, &repo, BUDGET).await.expect("read b");
         assert_eq!((seen_by_a.len(), seen_by_b.len()), (COMPACT_AT, COMPACT_AT));
-        let (a, b) = (entry("from-a"), entry("from-b"));
-        let merged_a = add(
-            &client,
-            &repo,
-            &seen_by_a,
-            std::slice::from_ref(&a),
-            "a",
-            BUDGET,
-        )
-        .await;
-        let merged_b = add(
-            &client,
-            &repo,
-            &seen_by_b,
-            std::slice::from_ref(&b),
-            "b",
-            BUDGET,
-        )
-        .await;
-        assert!(
-            matches!(merged_a, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
-            "{merged_a:?}"
-        );
-        assert!(
-            matches!(merged_b, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
-            "{merged_b:?}"
-        );
-        expected.extend([a, b]);
+        for (seen, writer) in [(&seen_by_a, "from-a"), (&seen_by_b, "from-b")] {
+            let written = entry(writer);
+            let merged = add(
+                &client,
+                &repo,
+                seen,
+                std::slice::from_ref(&written),
+                writer,
+                BUDGET,
+            )
+            .await;
+            assert!(
+                matches!(merged, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
+                "{merged:?}"
+            );
+            expected.push(written);
+        }
         expected.sort();
         let (count, entries) = recorded(&client, &repo).await;
         assert_eq!(entries, expected, "no entry lost");
@@ -503,32 +495,13 @@ fn two_writers_merging_the_records_at_once_lose_no_entry_and_a_recorded_entry_is
 
 #[test]
 fn a_run_that_copies_again_what_a_record_holds_writes_no_record() {
-    let Some(pair) = support::pair() else {
+    let Some((pair, _, c, full)) = synced_all() else {
         return;
     };
-    let (up, c) = (pair.upstream.host(), pair.cache.host());
-    upstream_images(&pair);
-    let full = config(&c, &up, ALL, "");
-    ImageSync::new().config(&full).run().expect_code(0);
-    let records = || {
-        let listed = std::process::Command::new(&pair.tools.crane)
-            .args(["ls", &format!("{c}/image-sync/records")])
-            .output()
-            .expect("crane ls");
-        String::from_utf8_lossy(&listed.stdout).lines().count()
-    };
-    assert_eq!(records(), 1);
+    assert_eq!(records(&pair), 1);
     // lib:1 goes from the cache (not by prune); the next run copies it again, same digest.
     let digest = image::digest_of(&pair.tools, &format!("{c}/lib:1")).expect("cached");
-    let deleted = std::process::Command::new(&pair.tools.crane)
-        .args(["delete", &format!("{c}/lib@{digest}")])
-        .output()
-        .expect("crane delete");
-    assert!(
-        deleted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deleted.stderr)
-    );
+    image::crane(&pair.tools, &["delete", &format!("{c}/lib@{digest}")]);
     let before = pair.upstream.counts();
     let cache_before = pair.cache.requests().len();
     let again = ImageSync::new().config(&full).run();
@@ -555,5 +528,5 @@ fn a_run_that_copies_again_what_a_record_holds_writes_no_record() {
         pushed.is_empty(),
         "the entry was recorded already: {pushed:?}"
     );
-    assert_eq!(records(), 1);
+    assert_eq!(records(&pair), 1);
 }
