@@ -344,11 +344,75 @@ def next_cronjob_run(after_names, secs=150):
     return wait("a new CronJob run", secs, probe, interval=3)
 
 
-def discover_cluster_hook():
-    """Item 8 of issue 19 (`image-sync discover --cluster` with the ServiceAccount of k8s/:
-    lists the Deployment's image, cannot read Secrets). HOOK: not wired yet; it needs the
-    discovery issue's `discover --cluster`. Returns False while it is not wired."""
-    return False
+SERVICE_ACCOUNT = f"system:serviceaccount:{NS}:image-sync"
+COVERAGE = os.path.join(REPO, "k8s", "components", "image-sync-coverage")
+
+
+def can_i(*args):
+    """`kubectl auth can-i ARGS` as image-sync's ServiceAccount: "yes" or "no"."""
+    return kubectl("auth", "can-i", *args, f"--as={SERVICE_ACCOUNT}", check=False).strip()
+
+
+def service_account_kubeconfig():
+    """A kubeconfig holding a token of the `image-sync` ServiceAccount (kubectl create token)."""
+    token = kubectl("-n", NS, "create", "token", "image-sync", "--duration=10m").strip()
+    path = os.path.join(ENV.work, "image-sync-sa.kubeconfig")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": f"https://127.0.0.1:{ENV.values['API_PORT']}",
+            "certificate-authority": os.path.join(ENV.cluster_dir, "pki", "ca.crt")}}],
+        "users": [{"name": "image-sync", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "image-sync"}}],
+        "current-context": "test",
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def discover_in_a_pod():
+    """`image-sync discover --cluster` in a Job of the CronJob's pod template (image-sync's
+    image, its ServiceAccount, the mounted token: the in-cluster path); its stdout lines."""
+    cronjob = kubectl_json("-n", NS, "get", "cronjob", "image-sync")
+    spec = cronjob["spec"]["jobTemplate"]["spec"]
+    spec["template"]["spec"]["containers"][0]["args"] = ["discover", "--cluster", "--format", "list"]
+    spec.pop("activeDeadlineSeconds", None)
+    spec["backoffLimit"] = 0
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "image-sync-discover", "namespace": NS}, "spec": spec}
+    kubectl("apply", "-f", "-", input=json.dumps(job))
+    wait("job image-sync-discover Complete", 120, lambda: job_complete("image-sync-discover"))
+    (pod,) = job_pods("image-sync-discover")
+    return kubectl("-n", NS, "logs", pod).splitlines()
+
+
+def discover_cluster(upstream):
+    """Item 8 of issue 19: `image-sync discover --cluster` with the ServiceAccount of k8s/
+    (and the coverage component's read-only ClusterRole) lists the Deployment's image, and
+    that ServiceAccount cannot read Secrets."""
+    # The base alone: the run Lease, nothing else.
+    assert can_i("update", "leases", "-n", NS) == "yes"
+    assert can_i("list", "deployments", "-A") == "no"
+    assert can_i("get", "secrets", "-n", NS) == "no"
+    kubectl("apply", "-f", os.path.join(COVERAGE, "clusterrole.yaml"), "-f", os.path.join(COVERAGE, "clusterrolebinding.yaml"))
+    wait("the coverage ClusterRole is in force", 30, lambda: can_i("list", "deployments", "-A") == "yes", interval=1)
+    for args in (("get", "secrets", "-n", NS), ("list", "secrets", "-A"), ("get", "secrets", "-n", WORKLOADS),
+                 ("update", "deployments", "-n", WORKLOADS), ("create", "leases", "-n", WORKLOADS)):
+        assert can_i(*args) == "no", f"image-sync's ServiceAccount can {' '.join(args)}"
+    expected = f"{upstream.address}/library/app:v1"
+    out = subprocess.run(
+        [ENV.image_sync, "discover", "--cluster", "--kubeconfig", service_account_kubeconfig(), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, f"discover --cluster (ServiceAccount kubeconfig) exited {out.returncode}:\n{out.stderr}"
+    found = {entry["image"]: entry["found_in"] for entry in json.loads(out.stdout)}
+    assert expected in found, f"discover --cluster did not list {expected}: {sorted(found)}"
+    assert {"kind": "Deployment", "namespace": WORKLOADS, "name": "app", "container": "app"} in found[expected], found[expected]
+    lines = discover_in_a_pod()
+    assert expected in lines, f"discover --cluster in a pod did not list {expected}:\n" + "\n".join(lines)
+    print(f"cluster e2e: discover --cluster as image-sync's ServiceAccount listed {len(found)} images, {expected} among them; it cannot read Secrets", file=sys.stderr)
 
 
 def apply_workload(name, image_ref, ns=WORKLOADS):
@@ -634,9 +698,8 @@ def run_steps(images_port, processes):
     kubectl("-n", WORKLOADS, "rollout", "status", "deployment/app", "--timeout=120s")
     wait("the new pod runs the new digest", 60, lambda: (running_image_id("app") or "").endswith(new_digest))
 
-    phase("8. discover --cluster (hook)")
-    if not discover_cluster_hook():
-        print("cluster e2e: discover --cluster is not wired yet (discover_cluster_hook)", file=sys.stderr)
+    phase("8. discover --cluster as image-sync's ServiceAccount lists the Deployment's image; no Secrets")
+    discover_cluster(upstream)
 
 
 if __name__ == "__main__":
