@@ -7,7 +7,9 @@ tests/cluster/image.py. What it proves is in docs/src/cluster.md. Steps:
    the `image-cache` namespace, which enforces PodSecurity `restricted`: every object is
    admitted.
 2. The initial-sync Indexed Job (4 shards) completes; the cache holds every image with its
-   upstream digest (OCI index, Docker manifest list, OCI image, a signed image).
+   upstream digest (OCI index, Docker manifest list, OCI image, a signed image) and the
+   signatures (`referrers: true`): an OCI 1.1 referrer and a cosign signature made in the
+   test (offline key, no transparency log), which `cosign verify` accepts from the cache.
 3. A CronJob run (every minute) is a no-op: 0 upstream manifest GETs from its pod (the
    upstream's access log, by the pod's IP); its report, read from `kubectl logs` with the
    README's jq recipe, says so; its metrics are in the Pushgateway.
@@ -16,6 +18,12 @@ tests/cluster/image.py. What it proves is in docs/src/cluster.md. Steps:
    cache lacks fails to start and the upstream sees no request.
 5. A changed upstream tag is copied by the next CronJob run and the rollout's new pod runs
    the new digest.
+6. A run started while the initial sync holds the run Lease copies nothing, succeeds and
+   sends the upstream nothing.
+7. Every report is read from `kubectl logs` with the README's jq recipe (one per pod).
+8. `image-sync discover --cluster` as image-sync's ServiceAccount (with the coverage
+   component's ClusterRole) lists the Deployment's image, from the host and from a pod;
+   that ServiceAccount cannot read Secrets.
 
   IMAGE_SYNC_BIN=target/debug/image-sync python3 tests/cluster/e2e.py
 
@@ -182,13 +190,16 @@ def busybox_layer(marker):
     return layer.file("/etc/marker", marker.encode())
 
 
+# The images the config lists (cache_as), each with its tag v1.
+IMAGES = ("library/app", "legacy/list", "single/oci", "signed/app", "cosigned/app")
 APP_CONFIG = {"Entrypoint": ["/bin/busybox", "sleep", "3600"], "User": "65532:65532"}
 
 
 def push_upstream_images(upstream):
-    """The images the config lists: an OCI index, a Docker manifest list, an OCI image and a
+    """The images the config lists: an OCI index, a Docker manifest list, an OCI image, a
     signed image (an OCI image with an OCI 1.1 referrer, found by the referrers tag schema
-    on Distribution 2.8, which has no referrers API). Returns {repo: digest}."""
+    on Distribution 2.8, which has no referrers API) and an image signed by cosign. Returns
+    {repo: digest}, {"signed/app@sig": digest} and {"cosigned/app@sig": (tag, digest)}."""
     reg = oci.Registry(upstream.address)
     digests = {}
     amd, amd_desc = oci.image(reg, "library/app", "v1-amd64", [busybox_layer("app v1")], config=APP_CONFIG)
@@ -221,7 +232,28 @@ def push_upstream_images(upstream):
     ref_body = json.dumps(referrers, sort_keys=True).encode()
     reg.push_manifest("signed/app", signed.replace(":", "-"), ref_body, oci.OCI_INDEX)
     digests["signed/app@sig"] = sig
+    # A cosign signature (cosign v2: the legacy `sha256-<hex>.sig` tag), signed offline
+    # with a key pair made here, no transparency log.
+    digests["cosigned/app"], _ = oci.image(reg, "cosigned/app", "v1", [busybox_layer("cosigned")], config=APP_CONFIG)
+    cosign("generate-key-pair")
+    cosign("sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry",
+           f"{upstream.address}/cosigned/app@{digests['cosigned/app']}")
+    sig_tag = digests["cosigned/app"].replace(":", "-") + ".sig"
+    digests["cosigned/app@sig"] = (sig_tag, upstream.head_digest("cosigned/app", sig_tag))
+    assert digests["cosigned/app@sig"][1], f"cosign wrote no {sig_tag} upstream"
     return digests
+
+
+def cosign(*args, check=True):
+    """cosign offline, in its own directory (the key pair lives there)."""
+    home = os.path.join(ENV.work, "cosign")
+    os.makedirs(home, exist_ok=True)
+    env = dict(os.environ, COSIGN_PASSWORD="", COSIGN_YES="true", SIGSTORE_NO_CACHE="true",
+               TUF_ROOT=os.path.join(home, "tuf"), HOME=home)
+    out = subprocess.run([tool("cosign"), *args], cwd=home, env=env, capture_output=True, text=True, timeout=120)
+    if check and out.returncode != 0:
+        raise AssertionError(f"cosign {' '.join(args)} exited {out.returncode}:\n{out.stderr}")
+    return out
 
 
 def config_yaml(upstream, cache):
@@ -239,6 +271,10 @@ images:
   - source: "{upstream.address}/signed/app"
     tag: "v1"
     cache_as: "signed/app"
+    referrers: true
+  - source: "{upstream.address}/cosigned/app"
+    tag: "v1"
+    cache_as: "cosigned/app"
     referrers: true
 settings:
   concurrency: 2
@@ -497,7 +533,7 @@ def dump_state():
 
 # What the test runs on the host (scripts/install-test-tools installs each of them).
 HOST_TOOLS = ("containerd", "runc", "iptables", "ip", "openssl", "jq", "busybox", "strip", "ldd",
-              "docker-registry", "prometheus-pushgateway", "skopeo", "go")
+              "docker-registry", "prometheus-pushgateway", "skopeo", "go", "cosign")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
@@ -623,7 +659,7 @@ def run_steps(images_port, processes):
         assert report["summary"]["failed"] == 0, report
         assert report["lease"]["outcome"] == "acquired" and report["lease"]["holder"] == initial_uid, report
         pulled += report["summary"]["pulled"]
-    assert pulled == 4, f"the 4 shards pulled {pulled} images"
+    assert pulled == len(IMAGES), f"the 4 shards pulled {pulled} images"
     wait("job image-sync-overlap Complete", 120, lambda: job_complete("image-sync-overlap"))
     (pod,) = job_pods("image-sync-overlap")
     ip, report = pod_ip_and_report(pod)
@@ -631,11 +667,18 @@ def run_steps(images_port, processes):
     assert report["results"] == [] and report["summary"]["pulled"] == 0, report
     assert upstream.requests(ip) == [], f"the overlapping run asked the upstream: {upstream.requests(ip)}"
     print(f"cluster e2e: the overlapping run started while the initial Job was {'running' if overlap_running_with_initial else 'done but holding the Lease'}; 0 upstream requests", file=sys.stderr)
-    for repo in ("library/app", "legacy/list", "single/oci", "signed/app"):
+    for repo in IMAGES:
         got = cache.head_digest(repo, "v1")
         assert got == upstream_digests[repo], f"cache {repo}:v1 is {got}, upstream {upstream_digests[repo]}"
     sig = upstream_digests["signed/app@sig"]
     assert cache.head_digest("signed/app", sig) == sig, "the signature was not copied"
+    sig_tag, sig_digest = upstream_digests["cosigned/app@sig"]
+    got = cache.head_digest("cosigned/app", sig_tag)
+    assert got == sig_digest, f"cache cosigned/app:{sig_tag} is {got}, upstream {sig_digest}"
+    verified = cosign("verify", "--key", "cosign.pub", "--insecure-ignore-tlog=true", "--allow-http-registry",
+                      f"{cache.address}/cosigned/app@{upstream_digests['cosigned/app']}", check=False)
+    assert verified.returncode == 0, f"cosign verify against the cache failed:\n{verified.stderr}"
+    print(f"cluster e2e: the cache holds cosigned/app:{sig_tag} ({sig_digest}); cosign verify accepts the cache's copy", file=sys.stderr)
     initial_done = {j["metadata"]["name"] for j in cronjob_jobs()} - {"image-sync-overlap"}
 
     phase("3. a CronJob run is a no-op: 0 upstream manifest GETs from its pod, metrics pushed")
@@ -650,7 +693,7 @@ def run_steps(images_port, processes):
         # A scheduled run that found the initial sync's Lease not yet expired: it too
         # copies nothing and asks the upstream nothing.
         assert report["lease"]["outcome"] == "held" and upstream.requests(ip) == [], report
-    assert report["summary"] == {**report["summary"], "already_cached": 4, "pulled": 0, "failed": 0}, report
+    assert report["summary"] == {**report["summary"], "already_cached": len(IMAGES), "pulled": 0, "failed": 0}, report
     assert upstream.requests(ip), f"no upstream request from the CronJob pod's address {ip} in the access log"
     gets = upstream.manifest_gets(ip)
     assert gets == [], f"the no-op run GET {len(gets)} upstream manifests: {gets}"
