@@ -403,7 +403,7 @@ fn skipped_run(
     shard: Option<shard::Shard>,
     lease: coordination::LeaseReport,
 ) -> u8 {
-    let code = if lease.outcome == "held" {
+    let code = if lease.outcome == coordination::LeaseOutcome::Held {
         exit::SUCCESS
     } else {
         exit::IMAGES_FAILED
