@@ -431,13 +431,42 @@ def dump_state():
                 print("".join(f.readlines()[-40:]), file=sys.stderr)
 
 
-def main():
+# What the test runs on the host (scripts/install-test-tools installs each of them).
+HOST_TOOLS = ("containerd", "runc", "iptables", "ip", "openssl", "jq", "busybox", "strip", "ldd",
+              "docker-registry", "prometheus-pushgateway", "skopeo", "go")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+
+
+def missing_prerequisites():
+    """What keeps the test from running here, as sentences (empty when nothing does)."""
+    missing = []
     if os.geteuid() != 0:
-        raise SystemExit("the cluster test needs root (containerd, kubelet, iptables)")
-    for name in ("containerd", "runc", "iptables", "openssl", "jq", "busybox", "docker-registry", "prometheus-pushgateway", "skopeo", "go"):
-        tool(name)
+        missing.append("the cluster test needs root (containerd, kubelet, iptables)")
+    for name in HOST_TOOLS:
+        path = shutil.which(name) or shutil.which(os.path.join(os.path.expanduser("~/go/bin"), name))
+        if not path:
+            missing.append(f"{name} is not installed")
+    busybox = shutil.which("busybox")
+    if busybox and subprocess.run(["ldd", busybox], capture_output=True).returncode == 0:
+        missing.append(f"{busybox} is not static (the test's workload images hold it alone): apt-get install busybox-static")
+    cni = os.environ.get("IMAGE_SYNC_CNI_BIN_DIR", "/usr/lib/cni")
+    for plugin in CNI_PLUGINS:
+        if not os.access(os.path.join(cni, plugin), os.X_OK):
+            missing.append(f"CNI plugin {cni}/{plugin} is missing (containernetworking-plugins)")
     if not os.path.exists(ENV.image_sync):
-        raise SystemExit(f"{ENV.image_sync} does not exist (cargo build)")
+        missing.append(f"{ENV.image_sync} does not exist (cargo build)")
+    return missing
+
+
+def main():
+    missing = missing_prerequisites()
+    if missing:
+        for line in missing:
+            print(f"cluster e2e: {line}", file=sys.stderr)
+        if os.environ.get("IMAGE_SYNC_REQUIRE_TOOLS") == "1":
+            raise SystemExit("cluster e2e: FAILED, prerequisites missing (IMAGE_SYNC_REQUIRE_TOOLS=1; scripts/install-test-tools installs them)")
+        print("cluster e2e: SKIPPED (set IMAGE_SYNC_REQUIRE_TOOLS=1 to make this a failure)", file=sys.stderr)
+        return
     phase("build the Kubernetes binaries if not cached (tests/cluster/build-binaries)")
     subprocess.run([os.path.join(HERE, "build-binaries")], check=True)
     images_port = free_port()
