@@ -24,6 +24,7 @@ pub struct Limits {
 }
 
 /// Why a listing did not run or did not finish.
+#[derive(Clone)]
 enum NotListed {
     /// Interrupted, a tripped breaker, a failed listing: the entry fails.
     Failed(Failure),
@@ -31,52 +32,74 @@ enum NotListed {
     Deferred,
 }
 
-/// Lists the tags of every entry that needs it, `check_concurrency` at a time (as image
-/// checks), none started past the deadline or towards a registry whose breaker tripped;
-/// returns (tags or why not, requests) by position in `selections`.
+/// One entry's listing: the tags (or why not) and the requests it cost.
+type Listing = (Result<Vec<String>, NotListed>, u32);
+
+/// Lists the tags of every entry that needs it, `check_concurrency` at a time and in
+/// config order (as image checks), none started past the deadline, after a signal, or
+/// towards a registry whose breaker tripped. Entries with the same source share one
+/// listing (the others cost no request). Returns each entry's listing by position in
+/// `selections`; `None` for an entry without listing rules.
 async fn list_all(
     plan: &crate::input::plan::Plan,
     selections: &[crate::input::plan::Selection],
     toolbox: &Arc<Toolbox>,
     cancel: &crate::process::Cancel,
     limits: &Limits,
-) -> Vec<Option<(Result<Vec<String>, NotListed>, u32)>> {
-    let mut out: Vec<Option<(Result<Vec<String>, NotListed>, u32)>> =
-        (0..selections.len()).map(|_| None).collect();
+) -> Vec<Option<Listing>> {
+    let mut out: Vec<Option<Listing>> = (0..selections.len()).map(|_| None).collect();
+    // The first entry of each source lists; the others copy its outcome.
+    let mut first_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut shared: Vec<(usize, usize)> = Vec::new();
     let permits = Arc::new(Semaphore::new(plan.settings.check_concurrency));
     let mut tasks = JoinSet::new();
+    let mut watch = cancel.clone();
+    let stopped = |source: &crate::input::reference::Repository| {
+        NotListed::Failed(Failure::new(
+            Class::Interrupted,
+            format!("before the tags of {source} were listed"),
+        ))
+    };
     for (position, selection) in selections.iter().enumerate() {
         if !selection.rules.needs_listing() {
             continue;
         }
-        let (toolbox, permits, limits) =
-            (Arc::clone(toolbox), Arc::clone(&permits), limits.clone());
-        let mut cancelled = cancel.clone();
         let source = selection.template.source.clone();
+        match first_of.entry(source.to_string()) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                shared.push((position, *first.get()));
+                continue;
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
+        // The permit is taken before spawning, so that listings start in config order.
+        let permit = tokio::select! {
+            biased;
+            _ = watch.wait_for(|cancelled| *cancelled) => None,
+            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit.filter(|_| !*watch.borrow()) else {
+            out[position] = Some((Err(stopped(&source)), 0));
+            continue;
+        };
+        if limits
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            out[position] = Some((Err(NotListed::Deferred), 0));
+            continue;
+        }
+        if let Some(skipped) = limits.breakers.check(&[source.host()]) {
+            out[position] = Some((Err(NotListed::Failed(skipped)), 0));
+            continue;
+        }
+        let (toolbox, limits) = (Arc::clone(toolbox), limits.clone());
+        let mut cancelled = cancel.clone();
         let (page, timeout) = (plan.settings.tag_page_size, plan.settings.check_timeout);
         tasks.spawn(async move {
-            let stopped = || {
-                NotListed::Failed(Failure::new(
-                    Class::Interrupted,
-                    format!("before the tags of {source} were listed"),
-                ))
-            };
-            let permit = tokio::select! {
-                permit = permits.acquire_owned() => permit,
-                _ = cancelled.wait_for(|cancelled| *cancelled) => return (position, Err(stopped()), 0),
-            };
-            let Ok(_permit) = permit else {
-                return (position, Err(stopped()), 0);
-            };
-            if *cancelled.borrow() {
-                return (position, Err(stopped()), 0);
-            }
-            if limits.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return (position, Err(NotListed::Deferred), 0);
-            }
-            if let Some(skipped) = limits.breakers.check(&[source.host()]) {
-                return (position, Err(NotListed::Failed(skipped)), 0);
-            }
+            let _permit = permit;
             tokio::select! {
                 listed = toolbox.list_tags(&source, page, timeout) => {
                     let tags = listed.tags.map_err(|failure| {
@@ -87,7 +110,7 @@ async fn list_all(
                     });
                     (position, tags, listed.requests)
                 }
-                _ = cancelled.wait_for(|cancelled| *cancelled) => (position, Err(stopped()), 0),
+                _ = cancelled.wait_for(|cancelled| *cancelled) => (position, Err(stopped(&source)), 0),
             }
         });
     }
@@ -95,6 +118,9 @@ async fn list_all(
         if let Ok((position, tags, requests)) = joined {
             out[position] = Some((tags, requests));
         }
+    }
+    for (position, first) in shared {
+        out[position] = out[first].as_ref().map(|(tags, _)| (tags.clone(), 0));
     }
     out
 }
@@ -168,12 +194,13 @@ pub async fn expand(
                 tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = ?list.selected, "tags selected");
             }
             Err(not_listed) => {
-                let (action, error) = match not_listed {
+                let (action, error, failure) = match not_listed {
                     NotListed::Failed(failure) => {
                         tracing::error!(image = %template.image, rules = %list.rules, error = %failure, "cannot list the tags");
                         (
                             crate::output::report::Action::Failed,
                             format!("listing tags: {failure}"),
+                            Some(failure),
                         )
                     }
                     NotListed::Deferred => {
@@ -181,6 +208,7 @@ pub async fn expand(
                         (
                             crate::output::report::Action::Deferred,
                             "deferred: run deadline reached before the tags were listed; the next run picks it up".to_owned(),
+                            None,
                         )
                     }
                 };
@@ -203,7 +231,7 @@ pub async fn expand(
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
-                        failure: Some(failure),
+                        failure,
                         filtered_digest: None,
                         platforms: None,
                     },
