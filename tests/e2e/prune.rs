@@ -243,15 +243,21 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
             (run, child)
         })
         .collect();
+    let mut stderr = String::new();
     for (_run, child) in runs {
         let done = crate::support::runner::outcome(child.wait_with_output().expect("wait"));
         done.expect_code(0);
+        stderr.push_str(&done.stderr);
     }
     let records = std::process::Command::new(&pair.tools.crane)
         .args(["ls", &format!("{c}/image-sync/records")])
         .output()
         .expect("crane ls");
-    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&records.stdout).lines().count(),
+        2,
+        "{stderr}"
+    );
     // Nothing listed any more but app:1: every other tag of both shards would go (app:2
     // and app:3 share a digest, so both go with it).
     let only = config(&c, &up, &[("app", "1")], "settings:\n  prune: true\n");
@@ -261,6 +267,20 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
         strings(&dry.report()["prune"]["would_delete"]),
         ["app:2", "app:3", "app:4", "lib:1"].map(|t| format!("{c}/{t}"))
     );
+    // A failed run never prunes: app:1 is already cached, the other image is missing.
+    let broken = config(
+        &c,
+        &up,
+        &[("app", "1"), ("absent", "1")],
+        "settings:\n  prune: true\n",
+    );
+    let before = pair.upstream.counts();
+    let failed = ImageSync::new().config(&broken).run();
+    failed.expect_code(1);
+    assert_eq!(failed.actions(), ["already_cached", "failed"]);
+    assert!(failed.report().get("prune").is_none());
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/lib:1")).is_some());
     // A sharded run never prunes; a complete one does.
     let sharded = ImageSync::new()
         .config(&only)
@@ -277,5 +297,66 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
         ["app:2", "app:3", "app:4", "lib:1"].map(|t| format!("{c}/{t}"))
     );
     assert_eq!(image::digest_of(&pair.tools, &format!("{c}/lib:1")), None);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
+}
+
+#[test]
+fn fifty_one_tags_to_delete_are_over_the_default_cap_nothing_is_deleted_and_the_exit_code_is_1() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    upstream_images(&pair);
+    // 51 tags: over the default `--max-deletions` (50) by one. Each its own image: 51
+    // copies of one image at once race on the same blobs in Distribution (500s, retried).
+    let tags: Vec<String> = (0..51).map(|n| n.to_string()).collect();
+    for tag in &tags {
+        OciLayout::new(Kind::Single, &format!("many-{tag}"), 64).push(
+            &pair.tools,
+            &format!("{up}/many:{tag}"),
+            Format::Oci,
+        );
+    }
+    let mut listed: Vec<(&str, &str)> = tags.iter().map(|tag| ("many", tag.as_str())).collect();
+    listed.push(("app", "1"));
+    let before = pair.upstream.counts();
+    let synced = ImageSync::new().config(&config(&c, &up, &listed, "")).run();
+    synced.expect_code(0);
+    assert_eq!(synced.actions(), vec!["pulled"; 52], "{}", synced.stderr);
+    // crane copy GETs the source manifest of each tag once.
+    assert_eq!(
+        (pair.upstream.counts() - before).manifest_gets,
+        52,
+        "{}",
+        synced.stderr
+    );
+
+    // A truncated config: only app:1 left.
+    let cut = config(&c, &up, &[("app", "1")], "");
+    let cache_before = pair.cache.requests().len();
+    let capped = prune(&cut, &["--apply"]);
+    capped.expect_code(1);
+    let report = capped.report();
+    assert_eq!(strings(&report["prune"]["would_delete"]).len(), 51);
+    assert!(strings(&report["prune"]["deleted"]).is_empty());
+    let error = report["prune"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("51 tags would be deleted, more than --max-deletions 50"),
+        "{error}"
+    );
+    let deletes: Vec<String> = pair.cache.requests()[cache_before..]
+        .iter()
+        .filter(|(method, path, _)| method == "DELETE" && !path.contains("image-sync/records"))
+        .map(|(_, path, _)| path.clone())
+        .collect();
+    assert!(deletes.is_empty(), "nothing deleted: {deletes:?}");
+    for tag in ["0", "50"] {
+        assert!(image::digest_of(&pair.tools, &format!("{c}/many:{tag}")).is_some());
+    }
+    // Raised on purpose, the same cleanup goes through.
+    let raised = prune(&cut, &["--apply", "--max-deletions", "51"]);
+    raised.expect_code(0);
+    assert_eq!(strings(&raised.report()["prune"]["deleted"]).len(), 51);
+    assert_eq!(image::digest_of(&pair.tools, &format!("{c}/many:0")), None);
     assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
 }
