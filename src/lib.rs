@@ -381,9 +381,9 @@ async fn prune_only(plan: &Plan, options: prune::Options) -> u8 {
     let (report, code) = match toolbox.client() {
         Some(client) => prune::run(plan, client, options).await,
         None => (
-            prune::PruneReport {
+            output::prune_report::PruneReport {
                 error: Some("no HTTP client could be built: nothing deleted".to_owned()),
-                ..prune::PruneReport::default()
+                ..output::prune_report::PruneReport::default()
             },
             exit::IMAGES_FAILED,
         ),

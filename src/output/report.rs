@@ -166,7 +166,7 @@ pub struct Report {
     pub tag_lists: Vec<TagList>,
     /// What `settings.prune` deleted after the run. Absent when it did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune: Option<crate::run::prune::PruneReport>,
+    pub prune: Option<crate::output::prune_report::PruneReport>,
     /// With `settings.coverage: cluster`: the cluster's images against the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageReport>,

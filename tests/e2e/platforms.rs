@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
-use crate::support::containerd::Containerd;
+use crate::support::containerd::{hosts_toml, pair_and_containerd};
 use crate::support::fault::{FaultProxy, Quota};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::runner::{ImageSync, Outcome};
@@ -274,10 +274,7 @@ settings:
 #[test]
 fn a_real_containerd_pulls_the_filtered_image_by_tag_through_the_mirror_with_the_upstream_stopped()
 {
-    let Some(pair) = support::pair() else {
-        return;
-    };
-    let Some(containerd) = Containerd::start() else {
+    let Some((pair, containerd)) = pair_and_containerd() else {
         return;
     };
     let Pair {
@@ -307,15 +304,7 @@ fn a_real_containerd_pulls_the_filtered_image_by_tag_through_the_mirror_with_the
     drop(upstream);
 
     let hosts = tempfile::tempdir().expect("hosts dir");
-    ImageSync::new()
-        .config(&config)
-        .arg("hosts-toml")
-        .arg("--mirror")
-        .arg(format!("http://{c}"))
-        .arg("--dir")
-        .arg(hosts.path())
-        .run()
-        .expect_code(0);
+    hosts_toml(&config, &format!("http://{c}"), hosts.path(), &[]);
     let reference = format!("{up}/library/node:1");
     let pulled = containerd.pull_ok(hosts.path(), &reference);
     assert_eq!(
