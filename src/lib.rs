@@ -184,7 +184,12 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     );
     // Tag rules first (each shard lists every entry: listings are not pulls), then the
     // shard, so that each selected tag belongs to exactly one shard.
-    let (tag_lists, mut unlisted) = tag_listing::expand(plan, &toolbox, &cancel).await;
+    // The run deadline's clock starts now: listings count against it, as images do.
+    let limits = tag_listing::Limits {
+        deadline: plan.settings.run_deadline.map(|limit| started + limit),
+        breakers: Arc::default(),
+    };
+    let (tag_lists, mut unlisted) = tag_listing::expand(plan, &toolbox, &cancel, &limits).await;
     if let Some(shard) = shard {
         let total = plan.jobs.len();
         partition::restrict(plan, shard);
@@ -200,7 +205,7 @@ async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) ->
     // Token requests then cover the repositories the next checks need (16 scopes each).
     toolbox.expect(plan.jobs.iter().flat_map(|job| [&job.target, &job.source]));
 
-    let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel).await;
+    let synced = sync::sync_all(plan, &toolbox, dry_run, &cancel, &limits).await;
     sync::refresh_quota(plan, &synced, &toolbox, &cancel).await;
     if !dry_run {
         record_writes(plan, &synced, &toolbox, shard).await;
@@ -399,7 +404,7 @@ fn skipped_run(
     shard: Option<shard::Shard>,
     lease: coordination::LeaseReport,
 ) -> u8 {
-    let code = if lease.outcome == "held" {
+    let code = if lease.outcome == coordination::LeaseOutcome::Held {
         exit::SUCCESS
     } else {
         exit::IMAGES_FAILED

@@ -34,7 +34,7 @@ struct Context {
     dry_run: bool,
     cancel: Cancel,
     copies: Arc<Semaphore>,
-    breakers: Breakers,
+    breakers: Arc<Breakers>,
     /// Caches that refused a referrer copy (see [`Referrers::refusals`]).
     referrer_refusals: Breakers,
     deadline: Option<Instant>,
@@ -186,17 +186,17 @@ pub async fn sync_all(
     toolbox: &Arc<Toolbox>,
     dry_run: bool,
     cancel: &Cancel,
+    limits: &crate::run::tag_listing::Limits,
 ) -> Vec<ImageResult> {
-    let started = Instant::now();
     let context = Arc::new(Context {
         toolbox: Arc::clone(toolbox),
         settings: plan.settings.clone(),
         dry_run,
         cancel: cancel.clone(),
         copies: Arc::new(Semaphore::new(plan.settings.concurrency)),
-        breakers: Breakers::default(),
+        breakers: Arc::clone(&limits.breakers),
         referrer_refusals: Breakers::default(),
-        deadline: plan.settings.run_deadline.map(|limit| started + limit),
+        deadline: limits.deadline,
     });
     preflight(plan, &context).await;
     let checks = Arc::new(Semaphore::new(plan.settings.check_concurrency));

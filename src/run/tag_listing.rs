@@ -3,8 +3,127 @@
 //! [`crate::input::tag_rules`] select from them, and every selected tag becomes a job of
 //! its own. The listing's cost and outcome are recorded for the report (`tag_lists`).
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
 use crate::input::tag_rules::select;
 use crate::output::report::TagList;
+use crate::registry::{Class, Failure, Toolbox};
+use crate::run::breaker::Breakers;
+
+/// What the run's listings share with its image checks.
+#[derive(Clone)]
+pub struct Limits {
+    /// The run deadline (its clock started with the run, before the listings).
+    pub deadline: Option<Instant>,
+    /// The run's breakers by host.
+    pub breakers: Arc<Breakers>,
+}
+
+/// Why a listing did not run or did not finish.
+#[derive(Clone)]
+enum NotListed {
+    /// Interrupted, a tripped breaker, a failed listing: the entry fails.
+    Failed(Failure),
+    /// The run deadline passed before it started: the entry is deferred.
+    Deferred,
+}
+
+/// One entry's listing: the tags (or why not) and the requests it cost.
+type Listing = (Result<Vec<String>, NotListed>, u32);
+
+/// Lists the tags of every entry that needs it, `check_concurrency` at a time and in
+/// config order (as image checks), none started past the deadline, after a signal, or
+/// towards a registry whose breaker tripped. Entries with the same source share one
+/// listing (the others cost no request). Returns each entry's listing by position in
+/// `selections`; `None` for an entry without listing rules.
+async fn list_all(
+    plan: &crate::input::plan::Plan,
+    selections: &[crate::input::plan::Selection],
+    toolbox: &Arc<Toolbox>,
+    cancel: &crate::process::Cancel,
+    limits: &Limits,
+) -> Vec<Option<Listing>> {
+    let mut out: Vec<Option<Listing>> = (0..selections.len()).map(|_| None).collect();
+    // The first entry of each source lists; the others copy its outcome.
+    let mut first_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut shared: Vec<(usize, usize)> = Vec::new();
+    let permits = Arc::new(Semaphore::new(plan.settings.check_concurrency));
+    let mut tasks = JoinSet::new();
+    let mut watch = cancel.clone();
+    let stopped = |source: &crate::input::reference::Repository| {
+        NotListed::Failed(Failure::new(
+            Class::Interrupted,
+            format!("before the tags of {source} were listed"),
+        ))
+    };
+    for (position, selection) in selections.iter().enumerate() {
+        if !selection.rules.needs_listing() {
+            continue;
+        }
+        let source = selection.template.source.clone();
+        match first_of.entry(source.to_string()) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                shared.push((position, *first.get()));
+                continue;
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
+        // The permit is taken before spawning, so that listings start in config order.
+        let permit = tokio::select! {
+            biased;
+            _ = watch.wait_for(|cancelled| *cancelled) => None,
+            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit.filter(|_| !*watch.borrow()) else {
+            out[position] = Some((Err(stopped(&source)), 0));
+            continue;
+        };
+        if limits
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            out[position] = Some((Err(NotListed::Deferred), 0));
+            continue;
+        }
+        if let Some(skipped) = limits.breakers.check(&[source.host()]) {
+            out[position] = Some((Err(NotListed::Failed(skipped)), 0));
+            continue;
+        }
+        let (toolbox, limits) = (Arc::clone(toolbox), limits.clone());
+        let mut cancelled = cancel.clone();
+        let (page, timeout) = (plan.settings.tag_page_size, plan.settings.check_timeout);
+        tasks.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                listed = toolbox.list_tags(&source, page, timeout) => {
+                    let tags = listed.tags.map_err(|failure| {
+                        if failure.class.trips_breaker() && limits.breakers.trip(&failure).is_some() {
+                            tracing::error!(registry = %source.host(), cause = %failure, "registry refuses requests: no more requests go to it in this run");
+                        }
+                        NotListed::Failed(failure)
+                    });
+                    (position, tags, listed.requests)
+                }
+                _ = cancelled.wait_for(|cancelled| *cancelled) => (position, Err(stopped(&source)), 0),
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((position, tags, requests)) = joined {
+            out[position] = Some((tags, requests));
+        }
+    }
+    for (position, first) in shared {
+        out[position] = out[first].as_ref().map(|(tags, _)| (tags.clone(), 0));
+    }
+    out
+}
 
 /// Lists and selects the tags of every `tags:` entry, adding one job per selected tag to
 /// `plan.jobs` (config order kept; a tag another entry already syncs to the same cache
@@ -12,8 +131,9 @@ use crate::output::report::TagList;
 /// failed, a failed result with the entry's config index.
 pub async fn expand(
     plan: &mut crate::input::plan::Plan,
-    toolbox: &crate::registry::Toolbox,
+    toolbox: &Arc<Toolbox>,
     cancel: &crate::process::Cancel,
+    limits: &Limits,
 ) -> (
     Vec<TagList>,
     Vec<(usize, crate::output::report::ImageResult)>,
@@ -26,31 +146,23 @@ pub async fn expand(
         .iter()
         .map(|job| (job.target.to_string(), job.tag.to_string()))
         .collect();
-    let timeout = plan.settings.check_timeout;
-    for selection in &selections {
+    let mut listings = list_all(plan, &selections, toolbox, cancel, limits).await;
+    for (position, selection) in selections.iter().enumerate() {
         let template = &selection.template;
-        let (listed, requests) = if selection.rules.needs_listing() {
-            // A signal stops the listings too: what is not listed fails as interrupted.
-            let mut cancelled = cancel.clone();
-            let stopped = || {
-                crate::registry::Failure::new(
-                    crate::registry::Class::Interrupted,
-                    format!("before the tags of {} were listed", template.source),
-                )
-            };
-            if *cancelled.borrow() {
-                (Err(stopped()), 0)
+        let (listed, requests) = listings[position].take().unwrap_or_else(|| {
+            if selection.rules.needs_listing() {
+                let failure = Failure::new(
+                    Class::Other,
+                    format!(
+                        "internal error: the listing of {} did not finish",
+                        template.source
+                    ),
+                );
+                (Err(NotListed::Failed(failure)), 0)
             } else {
-                tokio::select! {
-                    listed = toolbox.list_tags(&template.source, plan.settings.tag_page_size, timeout) => {
-                        (listed.tags, listed.requests)
-                    }
-                    _ = cancelled.wait_for(|cancelled| *cancelled) => (Err(stopped()), 0),
-                }
+                (Ok(Vec::new()), 0)
             }
-        } else {
-            (Ok(Vec::new()), 0)
-        };
+        });
         let mut list = TagList {
             image: template.image.clone(),
             rules: selection.rules.describe().to_owned(),
@@ -81,19 +193,36 @@ pub async fn expand(
                 }
                 tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = ?list.selected, "tags selected");
             }
-            Err(failure) => {
-                tracing::error!(image = %template.image, rules = %list.rules, error = %failure, "cannot list the tags");
-                list.error = Some(failure.to_string());
+            Err(not_listed) => {
+                let (action, error, failure) = match not_listed {
+                    NotListed::Failed(failure) => {
+                        tracing::error!(image = %template.image, rules = %list.rules, error = %failure, "cannot list the tags");
+                        (
+                            crate::output::report::Action::Failed,
+                            format!("listing tags: {failure}"),
+                            Some(failure),
+                        )
+                    }
+                    NotListed::Deferred => {
+                        tracing::warn!(image = %template.image, rules = %list.rules, action = "deferred", "run deadline reached before the tags were listed");
+                        (
+                            crate::output::report::Action::Deferred,
+                            "deferred: run deadline reached before the tags were listed; the next run picks it up".to_owned(),
+                            None,
+                        )
+                    }
+                };
+                list.error = Some(error.clone());
                 failed.push((
                     template.index,
                     crate::output::report::ImageResult {
                         image: template.image.clone(),
                         tag: String::new(),
-                        action: crate::output::report::Action::Failed,
+                        action,
                         remote_digest: None,
                         cached_digest: None,
                         duration_ms: 0,
-                        error: Some(format!("listing tags: {failure}")),
+                        error: Some(error),
                         tool: Some(crate::registry::Tool::Builtin),
                         attempts: 1,
                         check_gets: 0,
@@ -102,7 +231,7 @@ pub async fn expand(
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
-                        failure: Some(failure),
+                        failure,
                         filtered_digest: None,
                         platforms: None,
                     },

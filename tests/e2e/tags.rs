@@ -174,15 +174,16 @@ settings:
     assert_eq!(selected, expected);
     assert!(dry.actions().iter().all(|action| action == "would_pull"));
 
-    // Each listing walked every page; the first also met the 401 challenge (the second
-    // reused the repository's token). The report counts exactly what the proxy saw.
+    // The two entries share one source, so one listing: it walked every page and met the
+    // 401 challenge once; the second entry selected from the same list at no cost. The
+    // report counts exactly what the proxy saw.
     let lists = dry.report()["tag_lists"].as_array().expect("tag_lists");
     let counted: Vec<u64> = lists
         .iter()
         .map(|l| l["requests"].as_u64().expect("n"))
         .collect();
-    assert_eq!(counted, [pages as u64 + 1, pages as u64]);
-    assert_eq!(proxy.count("GET", "/tags/list"), pages * 2 + 1);
+    assert_eq!(counted, [pages as u64 + 1, 0]);
+    assert_eq!(proxy.count("GET", "/tags/list"), pages + 1);
     assert_eq!(proxy.count("GET", "/token"), 1);
     for list in lists {
         assert_eq!(list["listed"], tags.len());
@@ -290,4 +291,97 @@ fn sigterm_during_a_hung_listing_stops_the_run_at_once() {
     assert_eq!(result.actions(), ["failed", "deferred"]);
     let error = result.result(0)["error"].as_str().expect("error");
     assert!(error.starts_with("listing tags: interrupted"), "{error}");
+}
+
+/// Issue 18 item 9: tag-rule listings count against the run deadline (its clock starts
+/// with the run), run `check_concurrency` at a time, and none starts past the deadline:
+/// that entry is deferred, like an image. Each listing here takes 1.5 s; `--deadline 2`.
+#[test]
+fn tag_listings_run_under_the_deadline_and_check_concurrency() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    let repos = ["slow/a", "slow/b", "slow/c"];
+    image::push_singles(&p.tools, &up, &repos);
+    let slow = FaultProxy::start(up.clone())
+        .rule(Rule::new("GET", "/tags/list").respond(Fault::delay_ms(1_500)));
+    let yaml = |check_concurrency: usize| {
+        let mut yaml = format!("cache_registry: \"{}\"\nimages:\n", p.cache.host());
+        for repo in repos {
+            yaml.push_str(&format!(
+                "  - source: \"{}/{repo}\"\n    tags: {{regex: \"1\"}}\n",
+                slow.host()
+            ));
+        }
+        yaml.push_str(&format!(
+            "settings:\n  check_concurrency: {check_concurrency}\n"
+        ));
+        yaml
+    };
+    // One at a time: the third listing would start at 3 s, past the deadline.
+    let serial = ImageSync::new()
+        .config(&yaml(1))
+        .args(["--dry-run", "--deadline", "2"])
+        .run();
+    serial.expect_code(0);
+    assert_eq!(slow.count("GET", "/tags/list"), 2, "{}", serial.stdout);
+    assert_eq!(serial.actions(), ["deferred", "deferred", "deferred"]);
+    let third = serial.result(2)["error"].as_str().expect("error");
+    assert!(
+        third.starts_with("deferred: run deadline reached before the tags were listed"),
+        "{third}"
+    );
+    let first = serial.result(0)["error"].as_str().expect("error");
+    assert!(
+        first.starts_with("deferred: run deadline reached before this image started"),
+        "the listed entries' images start past the deadline: {first}"
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+
+    // Three at a time: all three listings start at once, within the deadline.
+    let parallel = ImageSync::new()
+        .config(&yaml(3))
+        .args(["--dry-run", "--deadline", "2"])
+        .run();
+    parallel.expect_code(0);
+    assert_eq!(
+        slow.count("GET", "/tags/list"),
+        2 + 3,
+        "{}",
+        parallel.stdout
+    );
+    let lists = parallel.report()["tag_lists"]
+        .as_array()
+        .expect("tag_lists");
+    assert!(
+        lists
+            .iter()
+            .all(|list| list["error"].is_null() && list["listed"] == 1),
+        "{}",
+        parallel.stdout
+    );
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+}
+
+/// Issue 18 item 9: listings respect the breakers: a registry that refused the first
+/// listing's connection gets no second listing request.
+#[test]
+fn a_refusing_registry_gets_one_listing_request_per_run() {
+    let Some(p) = pair() else { return };
+    let dead = format!("127.0.0.1:{}", crate::support::registry::free_port());
+    let yaml = format!(
+        "cache_registry: \"{}\"\nimages:\n  - source: \"{dead}/gone/a\"\n    tags: {{regex: \".*\"}}\n  - source: \"{dead}/gone/b\"\n    tags: {{regex: \".*\"}}\nsettings:\n  check_concurrency: 1\n  check_timeout_secs: 5\n",
+        p.cache.host()
+    );
+    let outcome = ImageSync::new().config(&yaml).run();
+    outcome.expect_code(1);
+    assert_eq!(outcome.actions(), ["failed", "failed"]);
+    let first = outcome.result(0)["error"].as_str().expect("error");
+    assert!(first.starts_with("listing tags: unreachable"), "{first}");
+    let second = outcome.result(1)["error"].as_str().expect("error");
+    assert!(
+        second.starts_with(&format!("listing tags: skipped: {dead} unreachable")),
+        "{second}"
+    );
+    assert_eq!(outcome.report()["tag_lists"][1]["requests"], 0);
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
 }
