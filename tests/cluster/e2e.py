@@ -175,7 +175,7 @@ class Registry:
         req = urllib.request.Request(
             f"http://{self.address}/v2/{repo}/manifests/{ref}",
             method="HEAD",
-            headers={"Accept": ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST])},
+            headers={"Accept": oci.MANIFEST_ACCEPT},
         )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
