@@ -122,7 +122,7 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::IMAGES_FAILED;
         }
     };
-    runtime.block_on(sync_and_report(&plan, cli, shard))
+    runtime.block_on(sync_and_report(plan, cli, shard))
 }
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
@@ -148,8 +148,8 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
-    let mut plan = plan.clone();
+/// Takes the plan by value: a copy of it would cost as much memory as the image list.
+async fn sync_and_report(mut plan: Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
     let plan = &mut plan;
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();

@@ -255,12 +255,22 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
         })
         .collect();
     let mut stderr = String::new();
+    // The ports are random and the shard of an image hashes its source: now and then one
+    // shard owns all five and writes the only record (a shard that wrote nothing records
+    // nothing).
+    let (mut writers, mut pulled) = (0, 0);
     for (_run, child) in runs {
         let done = crate::support::runner::outcome(child.wait_with_output().expect("wait"));
         done.expect_code(0);
+        let copied = done.report()["summary"]["pulled"]
+            .as_u64()
+            .expect("summary.pulled");
+        writers += usize::from(copied > 0);
+        pulled += copied;
         stderr.push_str(&done.stderr);
     }
-    assert_eq!(records(&pair), 2, "{stderr}");
+    assert_eq!(pulled, 5, "{stderr}");
+    assert_eq!(records(&pair), writers, "{stderr}");
     // Nothing listed any more but app:1: every other tag of both shards would go (app:2
     // and app:3 share a digest, so both go with it).
     let only = config(&c, &up, &[("app", "1")], "settings:\n  prune: true\n");
