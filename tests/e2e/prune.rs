@@ -500,6 +500,25 @@ fn two_writers_merging_the_records_at_once_lose_no_entry_and_a_recorded_entry_is
         let (count, entries) = recorded(&client, &repo).await;
         assert_eq!(entries, expected, "no entry lost");
         assert!(count <= 3, "merged: {count} records");
+
+        // A cache that refuses deletes (405 UNSUPPORTED) gets the new entries alone: a merge
+        // whose records read could not go would only add to them.
+        let refusing =
+            FaultProxy::start(cache.host()).rule(Rule::new("DELETE", "/manifests/").respond(
+                Fault::registry_error(405, "UNSUPPORTED", "deletes disabled"),
+            ));
+        let behind =
+            image_sync::input::reference::Repository::new(&refusing.host(), "image-sync/records");
+        for n in 0..COMPACT_AT {
+            let one = entry(&format!("kept-{n:02}"));
+            write(&client, &behind, std::slice::from_ref(&one), "seed", BUDGET)
+                .await
+                .expect("write");
+        }
+        let (count, _) = recorded(&client, &behind).await;
+        let added = record(&client, &behind, &[entry("late")], "e", BUDGET).await;
+        assert!(matches!(added, Ok(Added::Written(_))), "{added:?}");
+        assert_eq!(recorded(&client, &behind).await.0, count + 1);
     });
 }
 

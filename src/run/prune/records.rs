@@ -229,8 +229,12 @@ pub async fn add(
     if new.is_empty() {
         return Ok(Added::Covered);
     }
+    // A cache that cannot say how it deletes gets the new entries alone: the record first.
     if read.len() >= COMPACT_AT
-        && super::deletes(client, records, budget).await? != Deletes::Disabled
+        && matches!(
+            super::deletes(client, records, budget).await,
+            Ok(Deletes::ByTag | Deletes::ByDigest)
+        )
     {
         let every: Vec<Entry> = recorded.into_iter().cloned().chain(new).collect();
         let tag = replace(client, records, read, &every, writer, budget).await?;
