@@ -2,6 +2,7 @@
 //! the logs. Nothing here imports `run`.
 
 pub mod exit;
+pub mod lease_report;
 pub mod logging;
 pub mod metrics;
 pub mod prune_report;

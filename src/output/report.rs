@@ -174,7 +174,7 @@ pub struct Report {
     /// The cache's lease (`--lease`): whether this run held it or copied nothing because
     /// another run did. Absent without `--lease`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<crate::run::coordination::LeaseReport>,
+    pub lease: Option<crate::output::lease_report::LeaseReport>,
 }
 
 /// `coverage` in the report: how many distinct images the cluster's workloads name, and

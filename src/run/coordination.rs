@@ -3,45 +3,12 @@
 //! copies nothing and says so in the report (`lease`), with an exit code a CronJob counts
 //! as success. A holder renews the lease in the background until the run ends.
 
-use serde::Serialize;
-
 use crate::cluster::lease::{self, LeaseHandle, Outcome};
+pub use crate::output::lease_report::{LeaseOutcome, LeaseReport};
 
 /// The environment variable naming this run's holder identity (every shard of one run
 /// must name the same one: the Job's uid through the downward API in `k8s/`).
 pub const HOLDER_VAR: &str = "IMAGE_SYNC_LEASE_HOLDER";
-
-/// The report's `lease` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LeaseReport {
-    /// The Lease's name (in the pod's namespace).
-    pub name: String,
-    /// This run's holder identity.
-    pub holder: String,
-    /// What asking for the lease came to.
-    pub outcome: LeaseOutcome,
-    /// The run holding the lease, when `held`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held_by: Option<String>,
-    /// Seconds until the other run's lease expires unless renewed, when `held`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in_secs: Option<i64>,
-    /// Why, when `error`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// `lease.outcome` in the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaseOutcome {
-    /// This run held the lease and synced.
-    Acquired,
-    /// Another run held it; this run copied nothing (a success for a CronJob).
-    Held,
-    /// The lease could not be read or written; nothing was copied.
-    Error,
-}
 
 /// What the run does after asking for the lease.
 pub enum Decision {
