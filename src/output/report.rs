@@ -83,8 +83,9 @@ pub struct ImageResult {
     pub selected_by: Option<String>,
     /// The typed failure of a failed image (class, side, host): the metrics count failed
     /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    /// Boxed: most images do not fail, and every result is kept until the report.
     #[serde(skip)]
-    pub failure: Option<crate::registry::Failure>,
+    pub failure: Option<Box<crate::registry::Failure>>,
     /// A platform filter applies (`platforms`) and left out platforms: the digest of the
     /// index in the cache, which differs from `remote_digest`. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,7 +167,7 @@ pub struct Report {
     pub tag_lists: Vec<TagList>,
     /// What `settings.prune` deleted after the run. Absent when it did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune: Option<crate::run::prune::PruneReport>,
+    pub prune: Option<crate::output::prune_report::PruneReport>,
     /// With `settings.coverage: cluster`: the cluster's images against the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageReport>,
@@ -316,6 +317,16 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key}");
         }
+    }
+
+    #[test]
+    fn an_image_result_stays_small_as_every_one_is_kept_until_the_report() {
+        // 100,000 images keep 100,000 results: a field added inline costs that many times.
+        assert!(
+            std::mem::size_of::<ImageResult>() <= 280,
+            "{}",
+            std::mem::size_of::<ImageResult>()
+        );
     }
 
     #[test]
