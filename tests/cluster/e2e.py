@@ -380,6 +380,22 @@ def next_cronjob_run(after_names, secs=150):
     return wait("a new CronJob run", secs, probe, interval=3)
 
 
+def next_acquired_run(seen, silent_upstream=None):
+    """Waits for the next CronJob run (a Job not in SEEN, which gets every run waited for)
+    that acquired the run Lease; returns its pod's IP and its report. A run that found the
+    Lease held instead is passed over; with SILENT_UPSTREAM, it must have been told "held"
+    and have sent that registry nothing."""
+    while True:
+        job = next_cronjob_run(seen)
+        seen.add(job)
+        (pod,) = job_pods(job)
+        ip, report = pod_ip_and_report(pod)
+        if report["lease"]["outcome"] == "acquired":
+            return ip, report
+        if silent_upstream is not None:
+            assert report["lease"]["outcome"] == "held" and silent_upstream.requests(ip) == [], report
+
+
 SERVICE_ACCOUNT = f"system:serviceaccount:{NS}:image-sync"
 COVERAGE = os.path.join(REPO, "k8s", "components", "image-sync-coverage")
 
@@ -682,17 +698,9 @@ def run_steps(images_port, processes):
     initial_done = {j["metadata"]["name"] for j in cronjob_jobs()} - {"image-sync-overlap"}
 
     phase("3. a CronJob run is a no-op: 0 upstream manifest GETs from its pod, metrics pushed")
-    seen = set(initial_done) | {"image-sync-overlap"}
-    while True:
-        job = next_cronjob_run(seen)
-        seen.add(job)
-        (pod,) = job_pods(job)
-        ip, report = pod_ip_and_report(pod)
-        if report["lease"]["outcome"] == "acquired":
-            break
-        # A scheduled run that found the initial sync's Lease not yet expired: it too
-        # copies nothing and asks the upstream nothing.
-        assert report["lease"]["outcome"] == "held" and upstream.requests(ip) == [], report
+    # A scheduled run that found the initial sync's Lease not yet expired: it too copies
+    # nothing and asks the upstream nothing.
+    ip, report = next_acquired_run(set(initial_done) | {"image-sync-overlap"}, silent_upstream=upstream)
     assert report["summary"] == {**report["summary"], "already_cached": len(IMAGES), "pulled": 0, "failed": 0}, report
     assert upstream.requests(ip), f"no upstream request from the CronJob pod's address {ip} in the access log"
     gets = upstream.manifest_gets(ip)
@@ -728,13 +736,7 @@ def run_steps(images_port, processes):
     amd, amd_desc = oci.image(reg, "library/app", "v2-amd64", [busybox_layer("app v2")], config=APP_CONFIG)
     new_digest = oci.index(reg, "library/app", "v1", [amd_desc])
     assert new_digest != upstream_digests["library/app"]
-    while True:
-        job = next_cronjob_run(seen_jobs)
-        seen_jobs.add(job)
-        (pod,) = job_pods(job)
-        ip, report = pod_ip_and_report(pod)
-        if report["lease"]["outcome"] == "acquired":
-            break
+    _, report = next_acquired_run(seen_jobs)
     assert report["summary"]["pulled"] == 1 and report["summary"]["failed"] == 0, report
     assert cache.head_digest("library/app", "v1") == new_digest
     kubectl("-n", WORKLOADS, "rollout", "restart", "deployment/app")

@@ -179,14 +179,8 @@ pub fn cluster_with_workloads() -> Option<(ControlPlane, std::path::PathBuf)> {
     plane.apply(&repo_file(
         "k8s/components/image-sync-coverage/clusterrolebinding.yaml",
     ));
-    let token = plane.kubectl(&["create", "token", "image-sync", "-n", "image-cache"]);
-    assert!(
-        token.status.success(),
-        "kubectl create token: {}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout).expect("token");
-    let kubeconfig = plane.token_kubeconfig("image-sync.kubeconfig", token.trim());
+    let kubeconfig =
+        plane.service_account_kubeconfig("image-sync.kubeconfig", "image-cache", "image-sync");
     Some((plane, kubeconfig))
 }
 
@@ -323,9 +317,8 @@ fn an_identity_without_the_cluster_role_is_refused_with_what_to_grant() {
         return;
     };
     plane.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: image-cache}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: image-sync, namespace: image-cache}\n");
-    let token = plane.kubectl(&["create", "token", "image-sync", "-n", "image-cache"]);
-    let token = String::from_utf8(token.stdout).expect("token");
-    let kubeconfig = plane.token_kubeconfig("unbound.kubeconfig", token.trim());
+    let kubeconfig =
+        plane.service_account_kubeconfig("unbound.kubeconfig", "image-cache", "image-sync");
     let run = ImageSync::new()
         .args(["discover", "--cluster", "--kubeconfig"])
         .arg(&kubeconfig)
@@ -423,11 +416,7 @@ fn a_sync_run_with_coverage_reports_the_clusters_uncovered_images() {
     plane.apply(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: unbound, namespace: image-cache}\n",
     );
-    let token = plane.kubectl(&["create", "token", "unbound", "-n", "image-cache"]);
-    let unbound = plane.token_kubeconfig(
-        "unbound.kubeconfig",
-        String::from_utf8(token.stdout).expect("token").trim(),
-    );
+    let unbound = plane.service_account_kubeconfig("unbound.kubeconfig", "image-cache", "unbound");
     let config = config.replace("  coverage: cluster\n", "");
     let before_sync = p.upstream.counts();
     let run = ImageSync::new().config(&config);

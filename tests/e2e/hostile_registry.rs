@@ -26,9 +26,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::hostile_input::persisted;
 use crate::support::fault::{Fault, FaultProxy, Rule, TokenAuth};
 use crate::support::image;
-use crate::support::pair;
 use crate::support::registry::Registry;
 use crate::support::runner::{ImageSync, Outcome};
+use crate::support::{Pair, pair};
 
 /// Longer than any of these runs takes; a run past it is a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
@@ -105,11 +105,8 @@ fn a_manifest_body_fails_only_its_image(body: Vec<u8>, needle: &str) {
         "one GET found it: {:?}",
         proxy.requests()
     );
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        1,
-        "the good image's copy only"
-    );
+    p.upstream
+        .expect_manifest_gets(1, "the good image's copy only");
 }
 
 #[test]
@@ -306,26 +303,32 @@ fn hostile_link_headers_end_the_listing_after_one_page() {
     assert_eq!(p.upstream.counts().manifest_gets, 0);
 }
 
-/// A referrers index that lists 10,000 artifacts is refused as a whole: the image is
-/// copied, its referrers end in a bounded warning, and no artifact is looked at (the cache
-/// serves the referrers API, as Zot does, so nothing else stops the 10,000 copies).
-#[test]
-fn ten_thousand_referrers_end_in_a_bounded_warning() {
-    let Some(p) = pair() else { return };
-    let Some(cache) = Registry::start_with_referrers_api() else {
-        return;
-    };
+/// Pushes `repo` (one image) upstream and syncs it with `settings` into `cache` (which
+/// serves the referrers API) through a proxy whose referrers API lists an SPDX artifact
+/// for each of `digests` (none of which the upstream has). The image itself is copied;
+/// returns the proxy and the run.
+fn sync_with_listed_referrers(
+    p: &Pair,
+    cache: &Registry,
+    repo: &str,
+    digests: impl IntoIterator<Item = String>,
+    settings: &str,
+) -> (FaultProxy, Outcome) {
     let up = p.upstream.host();
-    image::push_singles(&p.tools, &up, &["app/flood"]);
-    let descriptor = format!(
-        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1,"artifactType":"application/spdx+json"}}"#,
-        "c".repeat(64)
-    );
+    image::push_singles(&p.tools, &up, &[repo]);
+    let descriptors: Vec<String> = digests
+        .into_iter()
+        .map(|digest| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":1,"artifactType":"application/spdx+json"}}"#
+            )
+        })
+        .collect();
     let index = format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
-        vec![descriptor; 10_000].join(",")
+        descriptors.join(",")
     );
-    let proxy = FaultProxy::start(up.clone()).rule(
+    let proxy = FaultProxy::start(up).rule(
         Rule::new("GET", "/referrers/").respond(
             Fault::status(200)
                 .header("Content-Type", "application/vnd.oci.image.index.v1+json")
@@ -335,12 +338,31 @@ fn ten_thousand_referrers_end_in_a_bounded_warning() {
     let run = ImageSync::new()
         .config(&yaml(
             &cache.host(),
-            &[format!("{}/app/flood", proxy.host())],
-            "  referrers: true\n",
+            &[format!("{}/{repo}", proxy.host())],
+            settings,
         ))
         .run_within(RUN_LIMIT);
     run.expect_code(0);
     assert_eq!(run.actions(), ["pulled"], "{}", error_of(&run, 0));
+    (proxy, run)
+}
+
+/// A referrers index that lists 10,000 artifacts is refused as a whole: the image is
+/// copied, its referrers end in a bounded warning, and no artifact is looked at (the cache
+/// serves the referrers API, as Zot does, so nothing else stops the 10,000 copies).
+#[test]
+fn ten_thousand_referrers_end_in_a_bounded_warning() {
+    let Some(p) = pair() else { return };
+    let Some(cache) = Registry::start_with_referrers_api() else {
+        return;
+    };
+    let (_proxy, run) = sync_with_listed_referrers(
+        &p,
+        &cache,
+        "app/flood",
+        vec![format!("sha256:{}", "c".repeat(64)); 10_000],
+        "  referrers: true\n",
+    );
     assert_eq!(run.result(0)["referrers"]["failed"], 1, "{}", run.stdout);
     assert!(
         run.stderr.contains("referrers not synced"),
@@ -353,11 +375,7 @@ fn ten_thousand_referrers_end_in_a_bounded_warning() {
         "{}",
         run.stderr
     );
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        1,
-        "the image's copy only"
-    );
+    p.upstream.expect_manifest_gets(1, "the image's copy only");
 }
 
 /// Issue 18 item 4: a referrers listing longer than `settings.referrers_per_image` (here
@@ -369,35 +387,13 @@ fn referrers_past_the_per_image_cap_are_left_out_with_a_warning() {
     let Some(cache) = Registry::start_with_referrers_api() else {
         return;
     };
-    let up = p.upstream.host();
-    image::push_singles(&p.tools, &up, &["app/many"]);
-    let descriptors: Vec<String> = (0..150)
-        .map(|i| {
-            format!(
-                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{i:064x}","size":1,"artifactType":"application/spdx+json"}}"#
-            )
-        })
-        .collect();
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
-        descriptors.join(",")
+    let (proxy, run) = sync_with_listed_referrers(
+        &p,
+        &cache,
+        "app/many",
+        (0..150).map(|i| format!("sha256:{i:064x}")),
+        "  referrers: true\n  referrers_per_image: 5\n",
     );
-    let proxy = FaultProxy::start(up.clone()).rule(
-        Rule::new("GET", "/referrers/").respond(
-            Fault::status(200)
-                .header("Content-Type", "application/vnd.oci.image.index.v1+json")
-                .body(index),
-        ),
-    );
-    let run = ImageSync::new()
-        .config(&yaml(
-            &cache.host(),
-            &[format!("{}/app/many", proxy.host())],
-            "  referrers: true\n  referrers_per_image: 5\n",
-        ))
-        .run_within(RUN_LIMIT);
-    run.expect_code(0);
-    assert_eq!(run.actions(), ["pulled"], "{}", error_of(&run, 0));
     assert_eq!(run.result(0)["referrers"]["failed"], 5, "{}", run.stdout);
     assert!(
         run.stderr
@@ -410,11 +406,8 @@ fn referrers_past_the_per_image_cap_are_left_out_with_a_warning() {
         5,
         "five artifacts looked at, not 150"
     );
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        1 + 5,
-        "the image and the five"
-    );
+    p.upstream
+        .expect_manifest_gets(1 + 5, "the image and the five");
 }
 
 /// A token endpoint that never answers: the check fails within its deadline, naming the

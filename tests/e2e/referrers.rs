@@ -272,13 +272,10 @@ fn signatures_attestations_and_referrers_follow_the_image_and_a_no_op_run_spends
     assert_eq!(spent.manifest_gets, 4, "third run: {spent:?}");
 }
 
-#[test]
-fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_required() {
-    // One copy at a time: the first refusal stops the image's other referrer copies.
-    let Some(signed) = signed_image("  concurrency: 1\n") else {
-        return;
-    };
-    // The cache refuses every referrer tag (and only those); the image itself goes in.
+/// A proxy in front of `signed`'s cache that refuses every referrer tag (a PUT of a
+/// `sha256-<hex>` manifest, and only those) with MANIFEST_INVALID, and `signed`'s config
+/// pointed at it.
+fn cache_refusing_referrer_tags(signed: &Signed) -> (FaultProxy, String) {
     let proxy = FaultProxy::start(signed.pair.cache.host()).rule(
         Rule::new("PUT", "/manifests/sha256-").respond(Fault::registry_error(
             400,
@@ -289,6 +286,17 @@ fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_require
     let config = signed
         .config
         .replace(&signed.pair.cache.host(), &proxy.host());
+    (proxy, config)
+}
+
+#[test]
+fn a_referrer_the_cache_refuses_is_counted_and_fails_the_image_only_when_required() {
+    // One copy at a time: the first refusal stops the image's other referrer copies.
+    let Some(signed) = signed_image("  concurrency: 1\n") else {
+        return;
+    };
+    // The cache refuses every referrer tag (and only those); the image itself goes in.
+    let (_proxy, config) = cache_refusing_referrer_tags(&signed);
 
     let before = signed.pair.upstream.counts();
     let lenient = ImageSync::new().config(&config).run();
@@ -365,20 +373,11 @@ fn a_cache_refusing_referrers_costs_one_pull_per_run_not_one_per_referrer() {
         "application/vnd.dev.cosign.simplesigning.v1+json",
         "{\"sig\":2}",
     );
-    let proxy = FaultProxy::start(signed.pair.cache.host()).rule(
-        Rule::new("PUT", "/manifests/sha256-").respond(Fault::registry_error(
-            400,
-            "MANIFEST_INVALID",
-            "manifest invalid",
-        )),
+    let (proxy, config) = cache_refusing_referrer_tags(&signed);
+    let config = config.replace(
+        "images:\n",
+        &format!("images:\n  - {{source: \"{other}\", tag: \"1\"}}\n"),
     );
-    let config = signed
-        .config
-        .replace(&signed.pair.cache.host(), &proxy.host())
-        .replace(
-            "images:\n",
-            &format!("images:\n  - {{source: \"{other}\", tag: \"1\"}}\n"),
-        );
     for run_number in 1..=2 {
         let before = signed.pair.upstream.counts();
         let run = ImageSync::new().config(&config).run();

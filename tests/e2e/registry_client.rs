@@ -132,12 +132,7 @@ fn a_cache_that_refuses_docker_manifests_costs_one_pull_and_names_docker2s2() {
     );
     assert_eq!(run.result(0)["attempts"], 1, "no retry, no fallback");
     assert_eq!(run.result(0)["tool"], "crane");
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        1,
-        "one pull: {:?}",
-        p.upstream.requests()
-    );
+    p.upstream.expect_manifest_gets(1, "one pull");
     assert_eq!(finished(&run, "processes"), 1, "one crane, no skopeo");
     assert_eq!(zot.count("PUT", "/manifests/"), 1);
     assert!(
@@ -197,12 +192,8 @@ fn an_ingress_413_to_a_blob_upload_costs_one_pull_per_image_per_run() {
             "{}",
             run.stderr
         );
-        assert_eq!(
-            p.upstream.counts().manifest_gets,
-            2 * run_number,
-            "one pull per image per run: {:?}",
-            p.upstream.requests()
-        );
+        p.upstream
+            .expect_manifest_gets(2 * run_number, "one pull per image per run");
     }
     assert!(
         ingress.count("PATCH", "/blobs/uploads/") >= 4,
@@ -262,11 +253,8 @@ fn an_upstream_rate_limit_during_a_copy_trips_the_upstream_not_the_cache() {
         3,
         "crane's own three tries, once"
     );
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        0,
-        "every GET was answered by the proxy"
-    );
+    p.upstream
+        .expect_manifest_gets(0, "every GET was answered by the proxy");
 }
 
 /// Item 2b: when the copy reaches the cache by its IP literal (a listed cache name and a
@@ -703,11 +691,8 @@ fn a_temporary_dns_failure_is_retried_and_nxdomain_is_final() {
         "lookups went to the failing server ({})",
         dns.resolv_conf().display()
     );
-    assert_eq!(
-        p.upstream.counts().manifest_gets,
-        1,
-        "only the fine image was copied"
-    );
+    p.upstream
+        .expect_manifest_gets(1, "only the fine image was copied");
 }
 
 /// Item 7b: a local error of crane's (it cannot read the credentials file) is not the

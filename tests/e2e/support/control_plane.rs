@@ -174,6 +174,24 @@ impl ControlPlane {
         self.write_kubeconfig(name, Auth::Token(token))
     }
 
+    /// Writes a kubeconfig named `name` holding a fresh token (`kubectl create token`) of
+    /// the ServiceAccount `account` in `namespace`, and returns its path.
+    pub fn service_account_kubeconfig(
+        &self,
+        name: &str,
+        namespace: &str,
+        account: &str,
+    ) -> PathBuf {
+        let token = self.kubectl(&["create", "token", account, "-n", namespace]);
+        assert!(
+            token.status.success(),
+            "kubectl create token: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout).expect("token");
+        self.token_kubeconfig(name, token.trim())
+    }
+
     fn write_kubeconfig(&self, name: &str, auth: Auth<'_>) -> PathBuf {
         let path = self.dir.path().join(name);
         let user = match auth {

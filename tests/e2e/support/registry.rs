@@ -95,6 +95,17 @@ impl Registry {
     pub fn counts(&self) -> Counts {
         count_requests(&self.requests())
     }
+
+    /// Panics with `why` and the request lines unless the registry has served `expected`
+    /// manifest GETs (pulls) in all.
+    pub fn expect_manifest_gets(&self, expected: usize, why: &str) {
+        let requests = self.requests();
+        assert_eq!(
+            count_requests(&requests).manifest_gets,
+            expected,
+            "{why}: {requests:?}"
+        );
+    }
 }
 
 /// The `/v2/` request lines of a Distribution access log as (method, path, status).
