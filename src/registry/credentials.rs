@@ -20,7 +20,6 @@
 //! Credentials are never logged or formatted.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use serde::Deserialize;
 
 use super::docker_hub;
 use super::failure::{Class, Failure, Side};
+use super::private_config::PrivateConfig;
 use crate::process::{self, CommandSpec, RunError};
 
 /// Bound on one credential helper run (it goes on for later lookups after the lookup that
@@ -310,16 +310,13 @@ impl Keyring {
 
     /// Writes a private copy of the credentials in which `alias` (the IP literal a copy
     /// reaches the cache by) has the cache's credentials: `DIR/config.json`, mode 0600, in
-    /// a fresh directory (mode 0700) removed when the returned guard drops.
+    /// a fresh per-run directory under `$TMPDIR` (mode 0700), removed when the returned
+    /// guard drops (and, after a SIGKILL, by the next run: see [`PrivateConfig`]).
     pub fn private_config_with_alias(
         &self,
         alias: &str,
         credentials: &Basic,
-    ) -> std::io::Result<tempfile::TempDir> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let dir = tempfile::Builder::new()
-            .prefix("image-sync-auth-")
-            .tempdir()?;
+    ) -> std::io::Result<PrivateConfig> {
         let mut document = self
             .document
             .clone()
@@ -352,13 +349,7 @@ impl Keyring {
                 }
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join("config.json"))?;
-        file.write_all(document.to_string().as_bytes())?;
-        Ok(dir)
+        PrivateConfig::write(&std::env::temp_dir(), document.to_string().as_bytes())
     }
 }
 
