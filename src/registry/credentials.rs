@@ -143,6 +143,8 @@ pub struct Keyring {
     config: RawConfig,
     /// The file exists but crane would refuse it (not JSON, a bad `auth`).
     unreadable: bool,
+    /// The file ends before its JSON does (a truncated write): why, without its content.
+    truncated: Option<String>,
     /// Credential helper answers by (helper, server key): each helper runs once per key per
     /// run, in a task of its own; lookups wait on the channel.
     helper_answers: Mutex<HashMap<(String, String), HelperAnswer>>,
@@ -175,7 +177,15 @@ impl Keyring {
     /// Parses config bytes.
     pub fn parse(bytes: &[u8]) -> Self {
         let document: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
-        let config: Option<RawConfig> = serde_json::from_slice(bytes).ok();
+        let parsed: Result<RawConfig, serde_json::Error> = serde_json::from_slice(bytes);
+        // Only an early end (an empty file is no config, as for docker): other syntax
+        // (trailing data, say) may still be Go's JSON.
+        let truncated = parsed
+            .as_ref()
+            .err()
+            .filter(|err| err.is_eof() && !bytes.iter().all(u8::is_ascii_whitespace))
+            .map(ToString::to_string);
+        let config = parsed.ok();
         let unreadable = config.is_none()
             || config.as_ref().is_some_and(|config| {
                 config.auths.values().any(|entry| {
@@ -190,6 +200,7 @@ impl Keyring {
             document,
             config: config.unwrap_or_default(),
             unreadable,
+            truncated,
             helper_answers: Mutex::new(HashMap::new()),
         }
     }
@@ -223,6 +234,19 @@ impl Keyring {
         repository: Option<&str>,
         deadline: Instant,
     ) -> Result<Lookup, Failure> {
+        if let Some(reason) = &self.truncated {
+            // crane says `unexpected EOF`, which reads like a broken connection: it is not.
+            return Err(Failure::new(
+                Class::Local,
+                format!(
+                    "the Docker config {} is truncated ({reason}): no credentials can be read from it",
+                    self.path
+                        .as_deref()
+                        .map_or_else(|| "file".to_owned(), |path| path.display().to_string())
+                ),
+            )
+            .on(Side::Local, None));
+        }
         if self.unreadable {
             return Ok(Lookup::Delegate);
         }
@@ -565,6 +589,28 @@ mod tests {
             br#"{"credHelpers": {"reg.example": "image-sync-test-no-such-helper"}}"#,
         );
         assert_eq!(lookup(&helper, "reg.example", "a"), Lookup::Anonymous);
+    }
+
+    #[test]
+    fn a_truncated_config_is_a_local_failure_not_a_broken_connection() {
+        let truncated = Keyring::parse(br#"{"auths": {"ghcr.io": {"auth": "dTp"#);
+        let failure = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(truncated.lookup("ghcr.io", "a", Instant::now() + Duration::from_secs(5)))
+            .expect_err("truncated");
+        assert_eq!(failure.class, Class::Local);
+        assert_eq!(failure.side, Some(Side::Local));
+        assert!(failure.to_string().contains("is truncated"), "{failure}");
+        assert!(!failure.to_string().contains("dTp"), "{failure}");
+        // Empty (or blank) is no config at all, as for docker.
+        for empty in [&b""[..], b"  \n"] {
+            assert_eq!(
+                lookup(&Keyring::parse(empty), "ghcr.io", "a"),
+                Lookup::Delegate
+            );
+        }
     }
 
     #[test]
