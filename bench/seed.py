@@ -1,6 +1,6 @@
 """Seeds the benchmark's upstream registry with N generated images, and moves tags.
 
-Used by bench/run. Images are built here (gzip'd tar layers, config, manifests; sha256
+Used by bench/run and bench/referrers. Images are built here (gzip'd tar layers, config, manifests; sha256
 computed in Python) and pushed straight to the upstream Distribution registry's HTTP
 API on 127.0.0.1 (monolithic blob upload POST + PUT, manifest PUT), bypassing the delay
 proxy, so seeding 2,000 images takes seconds instead of minutes of `skopeo copy`.
@@ -20,23 +20,19 @@ puts the original back.
 """
 
 import gzip
-import hashlib
-import http.client
 import io
 import json
+import os
 import random
+import sys
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# The OCI helpers (media types, manifest bodies, the registry client) shared with the
+# cluster test.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "cluster"))
+import oci  # noqa: E402
 
 TAG = "v1"
 PLATFORMS = [("linux", "amd64"), ("linux", "arm64")]
@@ -54,10 +50,6 @@ def large_indices(n, large_count):
     return [i for i in range(1, n) if i % 20 != 0][:large_count]
 
 
-def sha(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def make_layer(label, rng, extra_bytes=0):
     """A gzip'd tar with one small file (distinct per label) and optionally a big one."""
     buf = io.BytesIO()
@@ -73,7 +65,7 @@ def make_layer(label, rng, extra_bytes=0):
             info.mtime = 0
             tar.addfile(info, io.BytesIO(rng.randbytes(extra_bytes)))
     raw = buf.getvalue()
-    return gzip.compress(raw, compresslevel=1, mtime=0), sha(raw)
+    return gzip.compress(raw, compresslevel=1, mtime=0), oci.digest(raw)
 
 
 class Image:
@@ -111,20 +103,12 @@ def build_image(i, variant, large_mb, is_large):
             },
             separators=(",", ":"),
         ).encode()
-        image.blobs[sha(config)] = config
+        image.blobs[oci.digest(config)] = config
         for layer in layers:
-            image.blobs[sha(layer)] = layer
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST if docker else OCI_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG if docker else OCI_CONFIG, "digest": sha(config), "size": len(config)},
-            "layers": [
-                {"mediaType": DOCKER_LAYER if docker else OCI_LAYER, "digest": sha(layer), "size": len(layer)}
-                for layer in layers
-            ],
-        }
+            image.blobs[oci.digest(layer)] = layer
+        manifest = oci.manifest(config, layers, docker)
         data = json.dumps(manifest, indent=3).encode()
-        return (sha(data), manifest["mediaType"], data)
+        return (oci.digest(data), manifest["mediaType"], data)
 
     if i % 3 == 0:
         entries = []
@@ -139,78 +123,19 @@ def build_image(i, variant, large_mb, is_large):
                     "platform": {"os": platform[0], "architecture": platform[1]},
                 }
             )
-        index = {"schemaVersion": 2, "mediaType": DOCKER_LIST if docker else OCI_INDEX, "manifests": entries}
+        index = oci.index_manifest(entries, docker)
         data = json.dumps(index, indent=3).encode()
-        image.top = (sha(data), index["mediaType"], data)
+        image.top = (oci.digest(data), index["mediaType"], data)
     else:
         image.top = single(PLATFORMS[0], large_mb * 1024 * 1024 if is_large else 0)
     return image
-
-
-class Pusher:
-    """Pushes to a Distribution registry on 127.0.0.1 over keep-alive connections, one per thread."""
-
-    def __init__(self, port):
-        self.port = port
-        self.local = threading.local()
-
-    def _conn(self):
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-            self.local.conn = conn
-        return conn
-
-    def request(self, method, path, body=None, headers=None, expect=(200, 201, 202)):
-        for attempt in range(3):
-            conn = self._conn()
-            try:
-                conn.request(method, path, body=body, headers=headers or {})
-                response = conn.getresponse()
-                payload = response.read()
-            except (http.client.HTTPException, OSError):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-                continue
-            if response.status not in expect:
-                raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
-            return response
-        raise RuntimeError("unreachable")
-
-    def blob(self, repo, digest, data):
-        head = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", expect=(200, 404))
-        if head.status == 200:
-            return
-        started = self.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
-        location = started.getheader("Location")
-        if location.startswith("http"):
-            location = "/" + location.split("/", 3)[3]
-        sep = "&" if "?" in location else "?"
-        self.request(
-            "PUT",
-            f"{location}{sep}digest={digest}",
-            body=data,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
-            expect=(201,),
-        )
-
-    def manifest(self, repo, reference, media_type, data):
-        self.request(
-            "PUT",
-            f"/v2/{repo}/manifests/{reference}",
-            body=data,
-            headers={"Content-Type": media_type, "Content-Length": str(len(data))},
-            expect=(201,),
-        )
 
 
 class Upstream:
     """The seeded images of one upstream registry, and the tag moves on it."""
 
     def __init__(self, port, n, large_count, large_mb, workers=8):
-        self.pusher = Pusher(port)
+        self.registry = oci.Registry(f"127.0.0.1:{port}", timeout=120)
         self.n = n
         self.large = set(large_indices(n, large_count))
         self.large_mb = large_mb
@@ -224,12 +149,12 @@ class Upstream:
 
     def _push(self, i, image, tag):
         repo = repo_name(i)
-        for digest, data in image.blobs.items():
-            self.pusher.blob(repo, digest, data)
+        for data in image.blobs.values():
+            self.registry.push_blob(repo, data)
         for digest, media_type, data in image.children:
-            self.pusher.manifest(repo, digest, media_type, data)
+            self.registry.push_manifest(repo, digest, data, media_type)
         digest, media_type, data = image.top
-        self.pusher.manifest(repo, tag or digest, media_type, data)
+        self.registry.push_manifest(repo, tag or digest, data, media_type)
         return sum(len(b) for b in image.blobs.values())
 
     def _seed_one(self, i):
@@ -251,11 +176,11 @@ class Upstream:
         """Moves the tag of 5 % of the first n images to their second variant."""
         for i in moved_indices(n):
             digest, media_type, data = self.variant[i]
-            self.pusher.manifest(repo_name(i), TAG, media_type, data)
+            self.registry.push_manifest(repo_name(i), TAG, data, media_type)
             self.current[i] = digest
 
     def reset(self, n):
         for i in moved_indices(n):
             digest, media_type, data = self.original[i]
-            self.pusher.manifest(repo_name(i), TAG, media_type, data)
+            self.registry.push_manifest(repo_name(i), TAG, data, media_type)
             self.current[i] = digest

@@ -122,7 +122,7 @@ pub fn run(cli: &Cli) -> u8 {
             return exit::IMAGES_FAILED;
         }
     };
-    runtime.block_on(sync_and_report(&plan, cli, shard))
+    runtime.block_on(sync_and_report(plan, cli, shard))
 }
 
 fn load_plan(cli: &Cli) -> Result<Plan, String> {
@@ -148,8 +148,8 @@ fn load_plan(cli: &Cli) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn sync_and_report(plan: &Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
-    let mut plan = plan.clone();
+/// Takes the plan by value: a copy of it would cost as much memory as the image list.
+async fn sync_and_report(mut plan: Plan, cli: &Cli, shard: Option<shard::Shard>) -> u8 {
     let plan = &mut plan;
     let dry_run = cli.dry_run;
     let started_at = std::time::SystemTime::now();
@@ -348,19 +348,15 @@ async fn record_writes(
         None => std::env::var("HOSTNAME").unwrap_or_else(|_| "run".to_owned()),
     };
     let records = prune::records::repository(plan);
-    match prune::records::write(
-        client,
-        &records,
-        &entries,
-        &writer,
-        plan.settings.check_timeout,
-    )
-    .await
-    {
-        Ok(Some(tag)) => {
+    let budget = plan.settings.check_timeout;
+    match prune::records::record(client, &records, &entries, &writer, budget).await {
+        Ok(prune::records::Added::Covered) => {}
+        Ok(prune::records::Added::Written(tag)) => {
             tracing::debug!(record = %tag, tags = entries.len(), "recorded the tags written")
         }
-        Ok(None) => {}
+        Ok(prune::records::Added::Merged { tag, replaced }) => {
+            tracing::debug!(record = %tag, replaced, "recorded the tags written; records merged")
+        }
         Err(failure) => {
             tracing::warn!(cause = %failure, "cannot record the tags written in the cache; prune will leave them alone")
         }
@@ -381,9 +377,9 @@ async fn prune_only(plan: &Plan, options: prune::Options) -> u8 {
     let (report, code) = match toolbox.client() {
         Some(client) => prune::run(plan, client, options).await,
         None => (
-            prune::PruneReport {
+            output::prune_report::PruneReport {
                 error: Some("no HTTP client could be built: nothing deleted".to_owned()),
-                ..prune::PruneReport::default()
+                ..output::prune_report::PruneReport::default()
             },
             exit::IMAGES_FAILED,
         ),
@@ -408,7 +404,7 @@ fn skipped_run(
     shard: Option<shard::Shard>,
     lease: coordination::LeaseReport,
 ) -> u8 {
-    let code = if lease.outcome == "held" {
+    let code = if lease.outcome == coordination::LeaseOutcome::Held {
         exit::SUCCESS
     } else {
         exit::IMAGES_FAILED

@@ -414,7 +414,7 @@ mod tests {
             upstream_digest: None,
             skipped_check: None,
             selected_by: None,
-            failure,
+            failure: failure.map(Box::new),
             filtered_digest: None,
             platforms: None,
         };

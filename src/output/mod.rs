@@ -4,4 +4,5 @@
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod prune_report;
 pub mod report;

@@ -83,8 +83,9 @@ pub struct ImageResult {
     pub selected_by: Option<String>,
     /// The typed failure of a failed image (class, side, host): the metrics count failed
     /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    /// Boxed: most images do not fail, and every result is kept until the report.
     #[serde(skip)]
-    pub failure: Option<crate::registry::Failure>,
+    pub failure: Option<Box<crate::registry::Failure>>,
     /// A platform filter applies (`platforms`) and left out platforms: the digest of the
     /// index in the cache, which differs from `remote_digest`. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,7 +167,7 @@ pub struct Report {
     pub tag_lists: Vec<TagList>,
     /// What `settings.prune` deleted after the run. Absent when it did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune: Option<crate::run::prune::PruneReport>,
+    pub prune: Option<crate::output::prune_report::PruneReport>,
     /// With `settings.coverage: cluster`: the cluster's images against the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageReport>,
@@ -222,23 +223,26 @@ impl Report {
         }
     }
 
-    /// Writes the report as JSON plus a newline: pretty for a terminal, else on one line,
-    /// written at once, so that a log line on stderr cannot land inside it where a container
-    /// runtime merges both streams line by line (`kubectl logs`). A closed stdout (`| head`)
-    /// is not an error worth failing the run for: the images were synced regardless.
+    /// Writes the report as JSON plus a newline: pretty for a terminal, else on one line.
+    /// The JSON is serialised straight into a buffered stdout, never built whole in memory
+    /// (at 100,000 images it would be some 30 MB next to the results it copies). So that no
+    /// log line of this process lands inside it where a container runtime merges both streams
+    /// line by line (`kubectl logs`), stderr stays locked until the report's newline is out.
+    /// A closed stdout (`| head`) is not an error worth failing the run for: the images were
+    /// synced regardless.
     pub fn print(&self, out: &mut impl Write, pretty: bool) {
-        let text = if pretty {
-            serde_json::to_vec_pretty(self)
+        let quiet = std::io::stderr().lock();
+        let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
+        let serialised = if pretty {
+            serde_json::to_writer_pretty(&mut buffered, self)
         } else {
-            serde_json::to_vec(self)
+            serde_json::to_writer(&mut buffered, self)
         };
-        let written = text
+        let written = serialised
             .map_err(std::io::Error::from)
-            .and_then(|mut text| {
-                text.push(b'\n');
-                out.write_all(&text)
-            })
-            .and_then(|()| out.flush());
+            .and_then(|()| buffered.write_all(b"\n"))
+            .and_then(|()| buffered.flush());
+        drop(quiet);
         if let Err(err) = written {
             tracing::warn!(error = %err, "could not write the report to stdout");
         }
@@ -316,6 +320,16 @@ mod tests {
     }
 
     #[test]
+    fn an_image_result_stays_small_as_every_one_is_kept_until_the_report() {
+        // 100,000 images keep 100,000 results: a field added inline costs that many times.
+        assert!(
+            std::mem::size_of::<ImageResult>() <= 280,
+            "{}",
+            std::mem::size_of::<ImageResult>()
+        );
+    }
+
+    #[test]
     fn a_closed_stdout_does_not_panic() {
         struct Closed;
         impl Write for Closed {
@@ -337,6 +351,9 @@ mod tests {
         let text = String::from_utf8(one_line).expect("utf-8");
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.ends_with('\n'));
+        // Streamed into stdout, byte for byte what the whole document serialises to.
+        let whole = serde_json::to_string(&report).expect("serialises");
+        assert_eq!(text, format!("{whole}\n"));
         let mut pretty = Vec::new();
         report.print(&mut pretty, true);
         let pretty = String::from_utf8(pretty).expect("utf-8");

@@ -18,9 +18,8 @@ pub struct LeaseReport {
     pub name: String,
     /// This run's holder identity.
     pub holder: String,
-    /// `acquired`: this run held the lease and synced; `held`: another run held it, this
-    /// run copied nothing; `error`: the lease could not be read or written, nothing copied.
-    pub outcome: &'static str,
+    /// What asking for the lease came to.
+    pub outcome: LeaseOutcome,
     /// The run holding the lease, when `held`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
@@ -30,6 +29,18 @@ pub struct LeaseReport {
     /// Why, when `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `lease.outcome` in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseOutcome {
+    /// This run held the lease and synced.
+    Acquired,
+    /// Another run held it; this run copied nothing (a success for a CronJob).
+    Held,
+    /// The lease could not be read or written; nothing was copied.
+    Error,
 }
 
 /// What the run does after asking for the lease.
@@ -79,7 +90,7 @@ pub async fn acquire(name: &str) -> Decision {
     let mut report = LeaseReport {
         name: name.to_owned(),
         holder: holder.clone(),
-        outcome: "acquired",
+        outcome: LeaseOutcome::Acquired,
         held_by: None,
         expires_in_secs: None,
         error: None,
@@ -121,7 +132,7 @@ pub async fn acquire(name: &str) -> Decision {
                 expires_in_secs,
                 "another run holds the cache's lease: this run copies nothing (the next run after it ends syncs)"
             );
-            report.outcome = "held";
+            report.outcome = LeaseOutcome::Held;
             report.held_by = Some(other);
             report.expires_in_secs = Some(expires_in_secs);
             Decision::Skip(report)
@@ -136,7 +147,7 @@ fn skip_on_error(mut report: LeaseReport, err: &lease::LeaseError) -> Decision {
         status = err.status,
         "cannot take the lease, so this run copies nothing: {err} (the ServiceAccount needs get, create and update on leases.coordination.k8s.io in its namespace)"
     );
-    report.outcome = "error";
+    report.outcome = LeaseOutcome::Error;
     report.error = Some(err.to_string());
     Decision::Skip(report)
 }

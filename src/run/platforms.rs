@@ -109,23 +109,14 @@ pub fn filter_index(
             }
         }
         if listed && !(os == "unknown" && architecture == "unknown") {
-            let digest = child
-                .get("digest")
-                .and_then(Value::as_str)
-                .and_then(Digest::parse)
-                .ok_or("a child of the index has no valid digest")?;
-            kept_images.push(digest);
+            kept_images.push(child_digest(child)?);
             kept_platforms.insert(describe_child(&os, &architecture, variant.as_deref()));
         }
     }
     let mut kept_children = Vec::new();
     let mut attestations = Vec::new();
     for child in children.iter().cloned() {
-        let digest = child
-            .get("digest")
-            .and_then(Value::as_str)
-            .and_then(Digest::parse)
-            .ok_or("a child of the index has no valid digest")?;
+        let digest = child_digest(&child)?;
         let attests = annotation(&child, "vnd.docker.reference.digest").and_then(Digest::parse);
         let is_attestation = matches!(child_platform(&child), Some((os, arch, _)) if os == "unknown" && arch == "unknown")
             && attests.is_some();
@@ -200,15 +191,29 @@ pub fn filter_index(
     })
 }
 
-fn offered(children: &[Value]) -> String {
-    let mut offered: Vec<String> = children
+fn child_digest(child: &Value) -> Result<Digest, &'static str> {
+    child
+        .get("digest")
+        .and_then(Value::as_str)
+        .and_then(Digest::parse)
+        .ok_or("a child of the index has no valid digest")
+}
+
+/// The platforms of an index's children (`linux/arm64/v8`), sorted, attestations left out.
+fn platforms_of(children: &[Value]) -> Vec<String> {
+    let mut platforms: Vec<String> = children
         .iter()
         .filter_map(child_platform)
         .filter(|(os, arch, _)| !(os == "unknown" && arch == "unknown"))
         .map(|(os, arch, variant)| describe_child(&os, &arch, variant.as_deref()))
         .collect();
-    offered.sort();
-    offered.dedup();
+    platforms.sort();
+    platforms.dedup();
+    platforms
+}
+
+fn offered(children: &[Value]) -> String {
+    let offered = platforms_of(children);
     if offered.is_empty() {
         "none".to_owned()
     } else {
@@ -233,20 +238,11 @@ pub fn recorded(bytes: &[u8]) -> Option<Recorded> {
     let index: Value = serde_json::from_slice(bytes).ok()?;
     let upstream = Digest::parse(annotation(&index, UPSTREAM_DIGEST)?)?;
     let filter = annotation(&index, PLATFORMS)?.to_owned();
-    let mut kept: Vec<String> = index
+    let kept = index
         .get("manifests")
         .and_then(Value::as_array)
-        .map(|children| {
-            children
-                .iter()
-                .filter_map(child_platform)
-                .filter(|(os, arch, _)| !(os == "unknown" && arch == "unknown"))
-                .map(|(os, arch, variant)| describe_child(&os, &arch, variant.as_deref()))
-                .collect()
-        })
+        .map(|children| platforms_of(children))
         .unwrap_or_default();
-    kept.sort();
-    kept.dedup();
     Some(Recorded {
         upstream,
         filter,
@@ -327,6 +323,7 @@ impl Copy<'_> {
         let Some(client) = self.toolbox.client() else {
             return attempted(Ok(None), 0, 0);
         };
+        let not_there = || format!("{} is not in the upstream", self.source.with_digest(remote));
         let head = client
             .head_manifest(
                 self.source,
@@ -340,17 +337,7 @@ impl Copy<'_> {
                 return attempted(Ok(None), 0, 0);
             }
             Ok(Some(_)) => {}
-            Ok(None) => {
-                return attempted(
-                    Err(Failure::new(
-                        Class::ManifestUnknown,
-                        format!("{} is not in the upstream", self.source.with_digest(remote)),
-                    )
-                    .on(Side::Upstream, Some(self.source.host()))),
-                    0,
-                    0,
-                );
-            }
+            Ok(None) => return self.upstream_failure(Class::ManifestUnknown, not_there(), 0),
             Err(failure) => return attempted(Err(failure), 0, 0),
         }
         let fetched = client
@@ -363,17 +350,7 @@ impl Copy<'_> {
             .await;
         let fetched = match fetched {
             Ok(Some(fetched)) => fetched,
-            Ok(None) => {
-                return attempted(
-                    Err(Failure::new(
-                        Class::ManifestUnknown,
-                        format!("{} is not in the upstream", self.source.with_digest(remote)),
-                    )
-                    .on(Side::Upstream, Some(self.source.host()))),
-                    1,
-                    0,
-                );
-            }
+            Ok(None) => return self.upstream_failure(Class::ManifestUnknown, not_there(), 1),
             Err(failure) => return attempted(Err(failure), 1, 0),
         };
         let is_index_bytes = is_index(&fetched.media_type)
@@ -385,15 +362,8 @@ impl Copy<'_> {
         let filtered = match filter_index(&fetched.bytes, remote, self.wanted) {
             Ok(filtered) => filtered,
             Err(why) => {
-                return attempted(
-                    Err(Failure::new(
-                        Class::Malformed,
-                        format!("{}: {why}", self.source.with_digest(remote)),
-                    )
-                    .on(Side::Upstream, Some(self.source.host()))),
-                    1,
-                    0,
-                );
+                let detail = format!("{}: {why}", self.source.with_digest(remote));
+                return self.upstream_failure(Class::Malformed, detail, 1);
             }
         };
         for platform in &filtered.missing {
@@ -432,6 +402,12 @@ impl Copy<'_> {
             })
         });
         attempted(outcome, gets, child_gets)
+    }
+
+    /// This copy failed upstream (`class`, `detail`) after `gets` manifest GETs.
+    fn upstream_failure(&self, class: Class, detail: String, gets: u32) -> Outcome {
+        let failure = Failure::new(class, detail).on(Side::Upstream, Some(self.source.host()));
+        attempted(Err(failure), gets, 0)
     }
 
     /// Copies each child the cache lacks by digest (crane, else skopeo), a few at once;

@@ -14,11 +14,10 @@ pub mod records;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::input::plan::Plan;
 use crate::input::reference::Repository;
 use crate::output::exit;
+use crate::output::prune_report::{Kept, PruneReport};
 use crate::registry::client::{Client, Deleted};
 use crate::registry::{Class, Failure, Side};
 use decide::{Contents, Deletes, Inputs, Target};
@@ -28,50 +27,6 @@ pub const DEFAULT_MAX_DELETIONS: u32 = 50;
 
 /// The tag the tag-delete probe asks to delete (never written by anyone).
 const PROBE_TAG: &str = "image-sync-delete-probe";
-
-/// One recorded tag that stays.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Kept {
-    /// `host/repository:tag`.
-    pub image: String,
-    /// Why it stays.
-    pub why: String,
-}
-
-/// The `prune` report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PruneReport {
-    /// Tags that go (without `--apply`: would go).
-    pub would_delete: Vec<String>,
-    /// Tags deleted in this run.
-    pub deleted: Vec<String>,
-    /// Recorded tags that stay, and why.
-    pub kept: Vec<Kept>,
-    /// How the cache deletes: `tag`, `digest` or `disabled`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletes: Option<&'static str>,
-    /// Why prune stopped, or null.
-    pub error: Option<String>,
-}
-
-/// `{"prune": ...}` on stdout.
-#[derive(Serialize)]
-struct Printed<'a> {
-    prune: &'a PruneReport,
-}
-
-impl PruneReport {
-    /// Prints `{"prune": ...}` as pretty JSON.
-    pub fn print(&self, out: &mut impl std::io::Write) {
-        let written = serde_json::to_writer_pretty(&mut *out, &Printed { prune: self })
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-            .and_then(|()| out.flush());
-        if let Err(err) = written {
-            tracing::warn!(error = %err, "could not write the prune report to stdout");
-        }
-    }
-}
 
 /// What prune was asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -224,22 +179,12 @@ async fn prune(
         })
         .cloned()
         .collect();
-    if read.len() > 1 || !removed.is_empty() {
-        match records::write(client, &records_repo, &kept_entries, "prune", budget).await {
-            Ok(_) => {
-                for record in &read {
-                    if let Err(failure) = client
-                        .delete_manifest(&records_repo, record.digest.as_str(), budget)
-                        .await
-                    {
-                        tracing::warn!(record = %record.tag, cause = %failure, "cannot delete a merged record; the next prune merges it again");
-                    }
-                }
-            }
-            Err(failure) => {
-                tracing::warn!(cause = %failure, "cannot write the merged record; the records are kept as they are");
-            }
-        }
+    let compact = read.len() > 1 || !removed.is_empty();
+    if compact
+        && let Err(failure) =
+            records::replace(client, &records_repo, &read, &kept_entries, "prune", budget).await
+    {
+        tracing::warn!(cause = %failure, "cannot write the merged record; the records are kept as they are");
     }
     report.kept.sort_by(|a, b| a.image.cmp(&b.image));
     match failed {
@@ -319,30 +264,20 @@ async fn contents(
                 .get_manifest(repository, head.digest.as_str(), Side::Cache, budget)
                 .await?
         {
-            contents
-                .children
-                .insert(head.digest.to_string(), children(&fetched.bytes));
+            let children = crate::run::platforms::children(&fetched.bytes);
+            contents.children.insert(
+                head.digest.to_string(),
+                children.iter().map(ToString::to_string).collect(),
+            );
         }
         contents.tags.insert(tag, head.digest.to_string());
     }
     Ok(contents)
 }
 
-fn children(index: &[u8]) -> BTreeSet<String> {
-    serde_json::from_slice::<serde_json::Value>(index)
-        .ok()
-        .and_then(|value| {
-            value.get("manifests").and_then(|m| m.as_array()).map(|m| {
-                m.iter()
-                    .filter_map(|child| child.get("digest")?.as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// How the cache deletes, asked by two probes that delete nothing.
-async fn deletes(
+/// How the cache deletes, asked by two probes that delete nothing (in `records`, the
+/// records repository).
+pub(super) async fn deletes(
     client: &Client,
     records: &Repository,
     budget: Duration,

@@ -239,10 +239,13 @@ pub async fn sync_all(
     } else {
         "run deadline reached before this image started; the next run picks it up".to_owned()
     };
-    plan.jobs
-        .iter()
-        .zip(results)
-        .map(|(job, result)| result.unwrap_or_else(|| Outcome::new(job).deferred(&not_started)))
+    // Collected in place (same allocation): no second list of results.
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(position, result)| {
+            result.unwrap_or_else(|| Outcome::new(&plan.jobs[position]).deferred(&not_started))
+        })
         .collect()
 }
 
@@ -859,7 +862,7 @@ impl<'a> Outcome<'a> {
         self.tool = tool.or(self.tool);
         tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
         let mut result = self.into_result(Action::Failed, Some(failure.to_string()));
-        result.failure = Some(failure.clone());
+        result.failure = Some(Box::new(failure.clone()));
         result
     }
 

@@ -231,7 +231,7 @@ pub async fn expand(
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules)),
                         referrers: None,
-                        failure,
+                        failure: failure.map(Box::new),
                         filtered_digest: None,
                         platforms: None,
                     },
@@ -253,6 +253,11 @@ pub fn merge_in_config_order(
     synced: Vec<crate::output::report::ImageResult>,
     failed: Vec<(usize, crate::output::report::ImageResult)>,
 ) -> Vec<crate::output::report::ImageResult> {
+    // Usually nothing to put in and the jobs already in config order: no second list of
+    // results (nor the sort's scratch space) at the run's peak of memory.
+    if failed.is_empty() && plan.jobs.is_sorted_by_key(|job| job.index) {
+        return synced;
+    }
     let mut all: Vec<(usize, crate::output::report::ImageResult)> = plan
         .jobs
         .iter()

@@ -5,7 +5,8 @@ docs/src/cluster.md; tests/deploy/test_image.py compares CONTENTS with flake.nix
 
   python3 tests/cluster/image.py --registry ADDR:PORT --image-sync target/debug/image-sync
 
-pushes ADDR:PORT/image-sync:test and ADDR:PORT/pause:1 and prints their references."""
+pushes ADDR:PORT/image-sync:test and ADDR:PORT/pause:1 and prints their references;
+`--build-tools` only builds the static crane and the pause binary (scripts/install-test-tools)."""
 
 import argparse
 import os
@@ -156,9 +157,16 @@ def push_pause(registry_address, repo="pause", tag="1"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--registry", required=True, help="ADDR:PORT of a plain-HTTP registry")
+    parser.add_argument("--registry", help="ADDR:PORT of a plain-HTTP registry")
     parser.add_argument("--image-sync", default=os.path.join(REPO, "target", "debug", "image-sync"))
+    parser.add_argument("--build-tools", action="store_true", help="only build (or find) the static crane and pause binaries, then exit")
     args = parser.parse_args()
+    if args.build_tools:
+        print(static_crane())
+        print(pause_binary())
+        return
+    if not args.registry:
+        parser.error("--registry is required")
     ref, digest, paths = push_image_sync(args.registry, args.image_sync)
     print(f"{ref}@{digest}")
     for path in paths:

@@ -1,14 +1,18 @@
 """OCI images without Docker: a gzip layer tarball, a config and a manifest, pushed to a
 registry with the distribution API (blob upload POST + PUT, manifest PUT). Plain HTTP
-only: the registries this talks to are the test's own, on a host address."""
+only: the registries this talks to are the test's own, on a host address.
+
+Shared by the cluster test (tests/cluster/e2e.py, image.py) and the benchmarks
+(bench/seed.py, bench/platforms), which put this folder on sys.path: the media types,
+descriptors, manifest and index bodies, and the registry client live only here."""
 
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import tarfile
-import urllib.error
-import urllib.request
+import threading
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -18,10 +22,32 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# The Accept header of a manifest HEAD or GET that takes any of the four kinds.
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor(media_type: str, data: bytes) -> dict:
+    """The descriptor of a blob or manifest: media type, digest and size."""
+    return {"mediaType": media_type, "digest": digest(data), "size": len(data)}
+
+
+def manifest(config: bytes, layers, docker=False) -> dict:
+    """An image manifest (OCI, or Docker v2s2 when `docker`) of a config and gzip'd layers."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST if docker else OCI_MANIFEST,
+        "config": descriptor(DOCKER_CONFIG if docker else OCI_CONFIG, config),
+        "layers": [descriptor(DOCKER_LAYER if docker else OCI_LAYER, layer) for layer in layers],
+    }
+
+
+def index_manifest(manifests, docker=False) -> dict:
+    """An OCI index (or a Docker manifest list when `docker`) of manifest descriptors."""
+    return {"schemaVersion": 2, "mediaType": DOCKER_LIST if docker else OCI_INDEX, "manifests": manifests}
 
 
 class Layer:
@@ -83,52 +109,80 @@ class Layer:
 
 
 class Registry:
-    """A plain-HTTP registry at host:port."""
+    """A plain-HTTP registry at host:port, over keep-alive connections (one per thread, so
+    one Registry serves a thread pool); a dropped connection is retried twice."""
 
-    def __init__(self, address: str):
-        self.base = f"http://{address}"
+    def __init__(self, address: str, timeout=300):
+        self.address = address
+        self.timeout = timeout
+        self.local = threading.local()
 
-    def _request(self, method, path, data=None, headers=None):
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+    def _conn(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.address, timeout=self.timeout)
+            self.local.conn = conn
+        return conn
+
+    def request(self, method, path, body=None, headers=None, expect=(200, 201, 202)):
+        """The response (body read) of a request; raises unless its status is in `expect`."""
+        for attempt in range(3):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                response = conn.getresponse()
+                payload = response.read()
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if response.status not in expect:
+                raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
+            return response
+        raise RuntimeError("unreachable")
 
     def push_blob(self, repo: str, data: bytes) -> str:
+        """Uploads a blob unless the repository has it; returns its digest."""
         d = digest(data)
-        try:
-            self._request("HEAD", f"/v2/{repo}/blobs/{d}")
+        head = self.request("HEAD", f"/v2/{repo}/blobs/{d}", expect=(200, 404))
+        if head.status == 200:
             return d
-        except urllib.error.HTTPError:
-            pass
-        _, headers, _ = self._request("POST", f"/v2/{repo}/blobs/uploads/")
-        location = headers["Location"]
-        if location.startswith("/"):
-            location = self.base + location
+        started = self.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+        location = started.getheader("Location")
+        if location.startswith("http"):
+            location = "/" + location.split("/", 3)[3]
         sep = "&" if "?" in location else "?"
-        req = urllib.request.Request(
+        self.request(
+            "PUT",
             f"{location}{sep}digest={d}",
-            data=data,
-            method="PUT",
-            headers={"Content-Type": "application/octet-stream"},
+            body=data,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+            expect=(201,),
         )
-        with urllib.request.urlopen(req, timeout=300):
-            pass
         return d
 
     def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
-        self._request("PUT", f"/v2/{repo}/manifests/{ref}", data=body, headers={"Content-Type": media_type})
+        """PUTs a manifest under a tag or digest; returns its digest."""
+        self.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            body=body,
+            headers={"Content-Type": media_type, "Content-Length": str(len(body))},
+            expect=(201,),
+        )
         return digest(body)
 
 
 def image(registry, repo, tag, layers, config=None, docker=False, arch="amd64", annotations=None):
     """Pushes an image (one manifest) and returns (digest, descriptor)."""
-    diff_ids, descriptors = [], []
+    diff_ids, blobs = [], []
     for layer in layers:
         plain, gz = layer.tar()
         diff_ids.append(digest(plain))
-        descriptors.append(
-            {"mediaType": DOCKER_LAYER if docker else OCI_LAYER, "digest": registry.push_blob(repo, gz), "size": len(gz)}
-        )
+        registry.push_blob(repo, gz)
+        blobs.append(gz)
     cfg = {
         "architecture": arch,
         "os": "linux",
@@ -137,25 +191,16 @@ def image(registry, repo, tag, layers, config=None, docker=False, arch="amd64", 
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     cfg_bytes = json.dumps(cfg, sort_keys=True).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST if docker else OCI_MANIFEST,
-        "config": {
-            "mediaType": DOCKER_CONFIG if docker else OCI_CONFIG,
-            "digest": registry.push_blob(repo, cfg_bytes),
-            "size": len(cfg_bytes),
-        },
-        "layers": descriptors,
-    }
+    registry.push_blob(repo, cfg_bytes)
+    body = manifest(cfg_bytes, blobs, docker)
     if annotations:
-        manifest["annotations"] = annotations
-    body = json.dumps(manifest, sort_keys=True).encode()
-    d = registry.push_manifest(repo, tag, body, manifest["mediaType"])
-    return d, {"mediaType": manifest["mediaType"], "digest": d, "size": len(body), "platform": {"architecture": arch, "os": "linux"}}
+        body["annotations"] = annotations
+    data = json.dumps(body, sort_keys=True).encode()
+    d = registry.push_manifest(repo, tag, data, body["mediaType"])
+    return d, {"mediaType": body["mediaType"], "digest": d, "size": len(data), "platform": {"architecture": arch, "os": "linux"}}
 
 
 def index(registry, repo, tag, manifests, docker=False):
     """Pushes an index (OCI) or manifest list (Docker) of already pushed manifests."""
-    media = DOCKER_LIST if docker else OCI_INDEX
-    body = json.dumps({"schemaVersion": 2, "mediaType": media, "manifests": manifests}, sort_keys=True).encode()
-    return registry.push_manifest(repo, tag, body, media)
+    body = index_manifest(manifests, docker)
+    return registry.push_manifest(repo, tag, json.dumps(body, sort_keys=True).encode(), body["mediaType"])

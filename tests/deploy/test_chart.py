@@ -231,8 +231,10 @@ def test_comparison_sees_a_drift(helm, kustomize_render):
 
 
 def test_default_render_has_no_optional_parts(default_render):
+    # No cache, monitoring or coverage; the run Lease's Role and RoleBinding are not
+    # optional (k8s/ renders them too, test_rbac_is_the_run_lease_only_unless_asked_for).
     kinds = sorted(o["kind"] for o in default_render)
-    assert kinds == ["ConfigMap", "CronJob", "Job", "ServiceAccount"], kinds
+    assert kinds == ["ConfigMap", "CronJob", "Job", "Role", "RoleBinding", "ServiceAccount"], kinds
 
 
 def test_cache_matches_kustomize(helm):
@@ -496,7 +498,12 @@ def test_rbac_is_the_run_lease_only_unless_asked_for(helm, default_render):
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"], rule
     assert single(coverage, "ClusterRoleBinding")["subjects"][0]["name"] == account
-    assert not by_kind(coverage, "Role")
+    # The run Lease's Role stays as it is; coverage adds no namespaced grant.
+    assert by_kind(coverage, "Role") == [role]
+    only_coverage = render(helm, "--set", "rbac.coverage.enabled=true", "--set", "rbac.leases.enabled=false")
+    assert not by_kind(only_coverage, "Role") and not by_kind(only_coverage, "RoleBinding")
+    assert "--lease" not in pod(only_coverage)["containers"][0]["args"]
+    assert pod(only_coverage)["automountServiceAccountToken"] is True
     # Exactly the kinds `image-sync discover --cluster` lists, the same rules as the
     # kustomize component k8s/components/image-sync-coverage.
     component = yaml.safe_load((REPO / "k8s/components/image-sync-coverage/clusterrole.yaml").read_text())

@@ -163,8 +163,17 @@ def test_kustomization_renders_and_validates(directory):
 
 
 def test_rendered_image_sync_has_no_secret():
-    kinds = {o["kind"] for o in kustomize_build(SYNC_DIR)}
-    assert kinds == {"ConfigMap", "CronJob", "Job", "ServiceAccount"}
+    objects = kustomize_build(SYNC_DIR)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["ConfigMap", "CronJob", "Job", "Role", "RoleBinding", "ServiceAccount"], kinds
+    # The only grant: the run Lease, namespaced, the verbs `--lease` uses; never Secrets.
+    role = next(o for o in objects if o["kind"] == "Role")
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "image-sync", "namespace": "image-cache"}]
 
 
 def test_template_secret_not_in_kustomization():
@@ -800,8 +809,11 @@ def test_coverage_component_grants_read_only_workload_access_and_mounts_the_toke
     job = next(o for o in objects if o["kind"] == "Job")
     assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
-    # Without the component: no grant, no token.
+    # Without the component: no cluster-wide grant; the token is mounted in image-sync's pods
+    # for the run Lease only (a namespaced Role), and the ServiceAccount mounts none itself.
     base = kustomize_build(SYNC_DIR)
     assert not [o for o in base if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert [r["resources"] for o in base if o["kind"] == "Role" for r in o["rules"]] == [["leases"]]
+    assert next(o for o in base if o["kind"] == "ServiceAccount")["automountServiceAccountToken"] is False
     assert next(o for o in base if o["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
-        "automountServiceAccountToken"] is False
+        "automountServiceAccountToken"] is True

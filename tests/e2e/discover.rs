@@ -3,43 +3,23 @@
 //! not YAML), real `helm template` and `kustomize build` output piped in, and `--against`
 //! with its exit codes.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::support::extra_tool;
-use crate::support::runner::{ImageSync, Outcome, outcome};
+use crate::support::discover::{entries, entry, images};
+use crate::support::runner::{ImageSync, Outcome};
+use crate::support::{extra_tool, repo_path};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/discover")
+    repo_path("tests/discover")
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `discover` with `stdin` piped in.
-fn with_stdin(run: ImageSync, stdin: &[u8]) -> Outcome {
-    let mut child = run
-        .command()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn image-sync");
-    let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin).expect("write stdin");
-    drop(pipe);
-    outcome(child.wait_with_output().expect("wait image-sync"))
-}
-
-/// The stdout of a real tool (helm, kustomize), which must succeed.
+/// The stdout of a real tool (helm, kustomize), run in the repository, which must succeed.
 fn tool_output(tool: &Path, args: &[&str]) -> Vec<u8> {
     let output = std::process::Command::new(tool)
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_path(""))
         .output()
         .expect("run tool");
     assert!(
@@ -92,12 +72,10 @@ fn the_corpus_lists_every_kind_and_spelling_once_and_no_decoy() {
         yaml.extend(b"---\n");
         yaml.extend(std::fs::read(file).expect("read"));
     }
-    let piped = with_stdin(
-        ImageSync::new()
-            .args(["discover", "--manifests", "-", "--manifests"])
-            .arg(&files[3]),
-        &yaml,
-    );
+    let piped = ImageSync::new()
+        .args(["discover", "--manifests", "-", "--manifests"])
+        .arg(&files[3])
+        .run_with_stdin(&yaml);
     piped.expect_code(0);
     assert_eq!(piped.stdout, expected);
 }
@@ -109,14 +87,10 @@ fn json_says_where_each_image_was_found() {
         .arg(fixtures().join("corpus"))
         .run();
     run.expect_code(0);
-    let entries: Vec<Value> = serde_json::from_str(&run.stdout).expect("json array");
+    let entries = entries(&run);
     assert_eq!(entries.len(), 12);
     let find = |image: &str| -> Vec<String> {
-        let entry = entries
-            .iter()
-            .find(|e| e["image"] == image)
-            .unwrap_or_else(|| panic!("{image} missing from {}", run.stdout));
-        entry["found_in"]
+        entry(&entries, image)["found_in"]
             .as_array()
             .expect("found_in")
             .iter()
@@ -202,7 +176,7 @@ fn invalid_references_are_reported_with_where_they_were_found() {
         .arg(fixtures().join("invalid-refs.yaml"))
         .run();
     run.expect_code(1);
-    let entries: Vec<Value> = serde_json::from_str(&run.stdout).expect("json array");
+    let entries = entries(&run);
     let errors: Vec<(String, String)> = entries
         .iter()
         .filter(|e| e.get("error").is_some())
@@ -249,18 +223,10 @@ fn a_file_that_is_not_yaml_is_an_error_naming_file_and_line() {
         .args(["discover", "--manifests"])
         .arg(&file)
         .run();
-    run.expect_code(2);
-    assert!(run.stdout.is_empty());
-    assert!(
-        run.stderr
-            .contains(&format!("{}: line 7: is not valid YAML", file.display())),
-        "{}",
-        run.stderr
-    );
-    let text = with_stdin(
-        ImageSync::new().args(["discover", "--manifests", "-"]),
-        b"apiVersion: v1\nkind: Pod\n---\nhello world\n",
-    );
+    run.expect_error(2, &format!("{}: line 7: is not valid YAML", file.display()));
+    let text = ImageSync::new()
+        .args(["discover", "--manifests", "-"])
+        .run_with_stdin(b"apiVersion: v1\nkind: Pod\n---\nhello world\n");
     text.expect_code(2);
     assert!(
         text.stderr
@@ -268,10 +234,9 @@ fn a_file_that_is_not_yaml_is_an_error_naming_file_and_line() {
         "{}",
         text.stderr
     );
-    let binary = with_stdin(
-        ImageSync::new().args(["discover", "--manifests", "-"]),
-        b"a: 1\n\xff\xfe",
-    );
+    let binary = ImageSync::new()
+        .args(["discover", "--manifests", "-"])
+        .run_with_stdin(b"a: 1\n\xff\xfe");
     binary.expect_code(2);
     assert!(
         binary.stderr.contains("-: line 2: is not UTF-8"),
@@ -301,10 +266,9 @@ fn helm_template_output_pipes_into_discover() {
         &helm,
         &["template", "shop", fixture.to_str().expect("utf-8")],
     );
-    let run = with_stdin(
-        ImageSync::new().args(["discover", "--manifests", "-"]),
-        &rendered,
-    );
+    let run = ImageSync::new()
+        .args(["discover", "--manifests", "-"])
+        .run_with_stdin(&rendered);
     run.expect_code(0);
     assert_eq!(
         lines(&run),
@@ -326,26 +290,21 @@ fn helm_template_output_pipes_into_discover() {
             "migrations.enabled=false",
         ],
     );
-    let run = with_stdin(
-        ImageSync::new().args(["discover", "--manifests", "-"]),
-        &rendered,
-    );
+    let run = ImageSync::new()
+        .args(["discover", "--manifests", "-"])
+        .run_with_stdin(&rendered);
     assert_eq!(
         lines(&run),
         ["docker.io/library/redis:7.4", "ghcr.io/example/shop:2.4.1"]
     );
     // The project's own chart: the image-sync image itself, from the CronJob and the Job.
     let rendered = tool_output(&helm, &["template", "image-sync", "charts/image-sync"]);
-    let run = with_stdin(
-        ImageSync::new().args(["discover", "--format", "json", "--manifests", "-"]),
-        &rendered,
-    );
+    let run = ImageSync::new()
+        .args(["discover", "--format", "json", "--manifests", "-"])
+        .run_with_stdin(&rendered);
     run.expect_code(0);
-    let entries: Vec<Value> = serde_json::from_str(&run.stdout).expect("json");
-    let images: Vec<&str> = entries
-        .iter()
-        .map(|e| e["image"].as_str().expect("image"))
-        .collect();
+    let entries = entries(&run);
+    let images = images(&entries);
     assert!(
         images
             .iter()
@@ -372,10 +331,9 @@ fn kustomize_build_of_the_projects_k8s_pipes_into_discover() {
         "k8s/clusters/scale-test/infrastructure/image-cache",
     ] {
         let rendered = tool_output(&kustomize, &["build", dir]);
-        let run = with_stdin(
-            ImageSync::new().args(["discover", "--manifests", "-"]),
-            &rendered,
-        );
+        let run = ImageSync::new()
+            .args(["discover", "--manifests", "-"])
+            .run_with_stdin(&rendered);
         run.expect_code(0);
         images.extend(run.stdout.lines().map(str::to_owned));
     }
@@ -401,11 +359,10 @@ fn against_a_config_reports_uncovered_and_unused_with_exit_codes() {
         "config.yaml",
         format!("cache_registry: cache.local:5000/mirror\n{chart_images}").as_bytes(),
     );
-    let covered = with_stdin(
-        run.args(["discover", "--manifests", "-", "--against"])
-            .arg(&config),
-        rendered.as_bytes(),
-    );
+    let covered = run
+        .args(["discover", "--manifests", "-", "--against"])
+        .arg(&config)
+        .run_with_stdin(rendered.as_bytes());
     covered.expect_code(0);
     let report: Value = serde_json::from_str(&covered.stdout).expect("json");
     assert_eq!(
@@ -425,11 +382,10 @@ fn against_a_config_reports_uncovered_and_unused_with_exit_codes() {
     let extra = format!(
         "{rendered}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: extra}}\nspec:\n  containers: [{{name: a, image: \"alpine:3.20\"}}, {{name: b, image: \"${{IMAGE}}\"}}]\n"
     );
-    let uncovered = with_stdin(
-        run.args(["discover", "--manifests", "-", "--against"])
-            .arg(&config),
-        extra.as_bytes(),
-    );
+    let uncovered = run
+        .args(["discover", "--manifests", "-", "--against"])
+        .arg(&config)
+        .run_with_stdin(extra.as_bytes());
     uncovered.expect_code(1);
     let report: Value = serde_json::from_str(&uncovered.stdout).expect("json");
     assert_eq!(
@@ -449,14 +405,11 @@ fn against_a_config_reports_uncovered_and_unused_with_exit_codes() {
         "config.yaml",
         b"cache_registry: c\nimages:\n  - {source: \"Bad Name\", tag: x}\n",
     );
-    let invalid = with_stdin(
-        run.args(["discover", "--manifests", "-", "--against"])
-            .arg(&config),
-        rendered.as_bytes(),
-    );
-    invalid.expect_code(2);
-    assert!(invalid.stdout.is_empty());
-    assert!(invalid.stderr.contains("Bad Name"), "{}", invalid.stderr);
+    let invalid = run
+        .args(["discover", "--manifests", "-", "--against"])
+        .arg(&config)
+        .run_with_stdin(rendered.as_bytes());
+    invalid.expect_error(2, "Bad Name");
     let missing = ImageSync::new()
         .args([
             "discover",

@@ -9,6 +9,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::support::control_plane::ControlPlane;
+use crate::support::discover::{entries, entry, images};
+use crate::support::repo_file;
 use crate::support::runner::ImageSync;
 
 /// Who image-sync runs as in these tests.
@@ -16,11 +18,6 @@ pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:image-cache:image-sync"
 
 /// Pods in `shop` beyond the one named `web`: with pages of 3, pods take several pages.
 const EXTRA_PODS: usize = 7;
-
-fn repo_file(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-        .unwrap_or_else(|err| panic!("{path}: {err}"))
-}
 
 /// The workloads of the test cluster (and a Secret and a ConfigMap nobody may read).
 pub fn workloads() -> String {
@@ -250,24 +247,15 @@ fn discover_lists_a_real_clusters_workloads_page_by_page_read_only() {
         .without_env("KUBECONFIG")
         .run();
     run.expect_code(0);
-    let entries: Vec<Value> = serde_json::from_str(&run.stdout).expect("json");
-    let images: Vec<&str> = entries
-        .iter()
-        .map(|e| e["image"].as_str().expect("image"))
-        .collect();
-    assert_eq!(images, expected_images());
-    let app = entries
-        .iter()
-        .find(|e| e["image"] == "docker.io/org/app:1")
-        .expect("org/app");
+    let entries = entries(&run);
+    assert_eq!(images(&entries), expected_images());
+    let app = entry(&entries, "docker.io/org/app:1");
     assert_eq!(
         app["found_in"].as_array().expect("found_in").len(),
         2 + EXTRA_PODS
     );
-    let report = entries
-        .iter()
-        .find(|e| e["image"] == "registry.example.com:5000/reports:2024.1")
-        .expect("suspended CronJob");
+    // The suspended CronJob.
+    let report = entry(&entries, "registry.example.com:5000/reports:2024.1");
     assert_eq!(
         report["found_in"][0],
         serde_json::json!({"kind": "CronJob", "namespace": "data", "name": "report", "container": "report"})
@@ -342,12 +330,9 @@ fn an_identity_without_the_cluster_role_is_refused_with_what_to_grant() {
         .args(["discover", "--cluster", "--kubeconfig"])
         .arg(&kubeconfig)
         .run();
-    run.expect_code(2);
-    assert!(run.stdout.is_empty());
+    run.expect_error(2, "cannot list Pods in all namespaces (HTTP 403)");
     assert!(
-        run.stderr
-            .contains("cannot list Pods in all namespaces (HTTP 403)")
-            && run.stderr.contains("k8s/components/image-sync-coverage"),
+        run.stderr.contains("k8s/components/image-sync-coverage"),
         "{}",
         run.stderr
     );
@@ -491,11 +476,5 @@ fn an_unreachable_api_server_is_an_error_not_a_hang() {
         .args(["discover", "--cluster", "--kubeconfig"])
         .arg(&kubeconfig)
         .run_within(std::time::Duration::from_secs(60));
-    run.expect_code(2);
-    assert!(run.stdout.is_empty());
-    assert!(
-        run.stderr.contains("cannot list Pods in all namespaces"),
-        "{}",
-        run.stderr
-    );
+    run.expect_error(2, "cannot list Pods in all namespaces");
 }

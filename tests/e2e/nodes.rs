@@ -2,28 +2,11 @@
 //! `image-sync hosts-toml` writes (the ones docs/src/nodes.md prints), pulls and unpacks what
 //! image-sync cached, by the upstream name, while the upstream is down.
 
-use std::path::Path;
-
-use crate::support::containerd::Containerd;
+use crate::support::containerd::{hosts_toml, pair_and_containerd};
 use crate::support::image::{self, Format, Kind};
 use crate::support::registry::Registry;
 use crate::support::runner::ImageSync;
 use crate::support::{self, Pair};
-
-/// Runs `image-sync hosts-toml` for `config` and returns the directory it wrote to.
-fn hosts_toml(config: &str, mirror: &str, dir: &Path, extra: &[&str]) {
-    let mut run = ImageSync::new()
-        .config(config)
-        .arg("hosts-toml")
-        .arg("--mirror")
-        .arg(mirror)
-        .arg("--dir")
-        .arg(dir);
-    for arg in extra {
-        run = run.arg(*arg);
-    }
-    run.run().expect_code(0);
-}
 
 /// Manifest requests (HEAD or GET) the cache answered 200 for `repository` with containerd's
 /// `?ns=<host>` (a mirror request), or without it (a request by the cache's own name).
@@ -42,12 +25,6 @@ fn served(cache: &Registry, repository: &str, ns: Option<&str>) -> usize {
                 }
         })
         .count()
-}
-
-/// An upstream, a cache and a containerd; `None` (skip) when a tool is missing outside CI.
-fn pair_and_containerd() -> Option<(Pair, Containerd)> {
-    let pair = support::pair()?;
-    Some((pair, Containerd::start()?))
 }
 
 #[test]

@@ -2,14 +2,15 @@
 //! made here, cached with only the listed platforms (each child by its upstream digest),
 //! the upstream manifest GETs read from its access log, a second run that costs none, the
 //! media type kept, single-platform images and `all` copied as they are, a listed platform
-//! the index lacks warned about, and a real containerd pulling the filtered image by tag
+//! the index lacks warned about, a pin of the upstream index digest satisfied by the
+//! filtered index recording it, and a real containerd pulling the filtered image by tag
 //! through the mirror while the upstream is stopped.
 
 use serde_json::Value;
 
 use std::sync::Arc;
 
-use crate::support::containerd::Containerd;
+use crate::support::containerd::{hosts_toml, pair_and_containerd};
 use crate::support::fault::{FaultProxy, Quota};
 use crate::support::image::{self, Format, Kind, OciLayout};
 use crate::support::runner::{ImageSync, Outcome};
@@ -26,16 +27,8 @@ const SIX: &[&str] = &[
 ];
 
 fn manifest(pair: &Pair, reference: &str) -> Value {
-    let output = std::process::Command::new(&pair.tools.crane)
-        .args(["manifest", reference])
-        .output()
-        .expect("run crane");
-    assert!(
-        output.status.success(),
-        "crane manifest {reference}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("manifest json")
+    serde_json::from_str(&image::crane(&pair.tools, &["manifest", reference]))
+        .expect("manifest json")
 }
 
 fn run(config: &str) -> Outcome {
@@ -274,10 +267,7 @@ settings:
 #[test]
 fn a_real_containerd_pulls_the_filtered_image_by_tag_through_the_mirror_with_the_upstream_stopped()
 {
-    let Some(pair) = support::pair() else {
-        return;
-    };
-    let Some(containerd) = Containerd::start() else {
+    let Some((pair, containerd)) = pair_and_containerd() else {
         return;
     };
     let Pair {
@@ -307,15 +297,7 @@ fn a_real_containerd_pulls_the_filtered_image_by_tag_through_the_mirror_with_the
     drop(upstream);
 
     let hosts = tempfile::tempdir().expect("hosts dir");
-    ImageSync::new()
-        .config(&config)
-        .arg("hosts-toml")
-        .arg("--mirror")
-        .arg(format!("http://{c}"))
-        .arg("--dir")
-        .arg(hosts.path())
-        .run()
-        .expect_code(0);
+    hosts_toml(&config, &format!("http://{c}"), hosts.path(), &[]);
     let reference = format!("{up}/library/node:1");
     let pulled = containerd.pull_ok(hosts.path(), &reference);
     assert_eq!(
@@ -515,4 +497,55 @@ fn children_reach_the_cache_before_the_index_that_lists_them_as_zot_requires() {
     children.sort();
     written.sort();
     assert_eq!(written, children);
+}
+
+#[test]
+fn a_pin_names_the_upstream_index_digest_and_is_satisfied_by_the_filtered_index_recording_it() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    OciLayout::index("pinned", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/org/pinned:1"),
+        Format::Oci,
+    );
+    let pin = image::digest_of(&pair.tools, &format!("{up}/org/pinned:1")).expect("digest");
+    // The tag moves on upstream; the pin holds.
+    OciLayout::index("pinned-next", SIX, true, 64).push(
+        &pair.tools,
+        &format!("{up}/org/pinned:1"),
+        Format::Oci,
+    );
+    let config = format!(
+        "cache_registry: \"{c}\"\nimages:\n  - source: \"{up}/org/pinned\"\n    tag: \"1\"\n    digest: \"{pin}\"\nsettings:\n  platforms: [\"linux/amd64\"]\n"
+    );
+    let before = pair.upstream.counts();
+    let first = run(&config);
+    first.expect_code(0);
+    let result = first.result(0);
+    assert_eq!(result["action"], "pulled", "{}", first.stderr);
+    // The pinned index, the amd64 manifest and its attestation.
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 3);
+    assert_eq!(text(&result["remote_digest"]), pin);
+    assert_eq!(result["tag_moved"], true);
+    let filtered = text(&result["filtered_digest"]);
+    assert!(filtered.starts_with("sha256:") && filtered != pin);
+    let cached = manifest(&pair, &format!("{c}/org/pinned:1"));
+    assert_eq!(
+        cached["annotations"]["io.github.pleme-io.image-sync.upstream-digest"],
+        pin.as_str()
+    );
+    // The next run: the recorded digest equals the pin, nothing pulled.
+    let before = pair.upstream.counts();
+    let second = run(&config);
+    second.expect_code(0);
+    assert_eq!(
+        second.result(0)["action"],
+        "already_cached",
+        "{}",
+        second.stderr
+    );
+    assert_eq!(text(&second.result(0)["filtered_digest"]), filtered);
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
 }

@@ -32,6 +32,14 @@ fn prune(config: &str, args: &[&str]) -> Outcome {
         .run()
 }
 
+/// How many records the cache holds.
+fn records(pair: &Pair) -> usize {
+    let repository = format!("{}/image-sync/records", pair.cache.host());
+    image::crane(&pair.tools, &["ls", &repository])
+        .lines()
+        .count()
+}
+
 fn strings(value: &Value) -> Vec<String> {
     let mut list: Vec<String> = value
         .as_array()
@@ -78,15 +86,22 @@ const ALL: &[(&str, &str)] = &[
     ("lib", "1"),
 ];
 
-#[test]
-fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_on_distribution() {
-    let Some(pair) = support::pair() else {
-        return;
-    };
+/// A pair whose cache holds every image of [`ALL`], copied by image-sync (so recorded);
+/// with the upstream and cache hosts and that config.
+fn synced_all() -> Option<(Pair, String, String, String)> {
+    let pair = support::pair()?;
     let (up, c) = (pair.upstream.host(), pair.cache.host());
     upstream_images(&pair);
     let full = config(&c, &up, ALL, "");
     ImageSync::new().config(&full).run().expect_code(0);
+    Some((pair, up, c, full))
+}
+
+#[test]
+fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_on_distribution() {
+    let Some((pair, up, c, _)) = synced_all() else {
+        return;
+    };
     // Someone else's tag, and a tag image-sync wrote that someone pushed over.
     image::push_new(
         &pair.tools,
@@ -167,11 +182,7 @@ fn prune_deletes_only_unlisted_tags_image_sync_wrote_and_never_a_shared_digest_o
         "prune asks the upstream nothing"
     );
     // The records were merged into one.
-    let records = std::process::Command::new(&pair.tools.crane)
-        .args(["ls", &format!("{c}/image-sync/records")])
-        .output()
-        .expect("crane ls");
-    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 1);
+    assert_eq!(records(&pair), 1);
 
     // A second prune finds nothing more to delete; the listed tags are still kept.
     let again = prune(&cut, &["--apply"]);
@@ -243,15 +254,23 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
             (run, child)
         })
         .collect();
+    let mut stderr = String::new();
+    // The ports are random and the shard of an image hashes its source: now and then one
+    // shard owns all five and writes the only record (a shard that wrote nothing records
+    // nothing).
+    let (mut writers, mut pulled) = (0, 0);
     for (_run, child) in runs {
         let done = crate::support::runner::outcome(child.wait_with_output().expect("wait"));
         done.expect_code(0);
+        let copied = done.report()["summary"]["pulled"]
+            .as_u64()
+            .expect("summary.pulled");
+        writers += usize::from(copied > 0);
+        pulled += copied;
+        stderr.push_str(&done.stderr);
     }
-    let records = std::process::Command::new(&pair.tools.crane)
-        .args(["ls", &format!("{c}/image-sync/records")])
-        .output()
-        .expect("crane ls");
-    assert_eq!(String::from_utf8_lossy(&records.stdout).lines().count(), 2);
+    assert_eq!(pulled, 5, "{stderr}");
+    assert_eq!(records(&pair), writers, "{stderr}");
     // Nothing listed any more but app:1: every other tag of both shards would go (app:2
     // and app:3 share a digest, so both go with it).
     let only = config(&c, &up, &[("app", "1")], "settings:\n  prune: true\n");
@@ -261,6 +280,20 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
         strings(&dry.report()["prune"]["would_delete"]),
         ["app:2", "app:3", "app:4", "lib:1"].map(|t| format!("{c}/{t}"))
     );
+    // A failed run never prunes: app:1 is already cached, the other image is missing.
+    let broken = config(
+        &c,
+        &up,
+        &[("app", "1"), ("absent", "1")],
+        "settings:\n  prune: true\n",
+    );
+    let before = pair.upstream.counts();
+    let failed = ImageSync::new().config(&broken).run();
+    failed.expect_code(1);
+    assert_eq!(failed.actions(), ["already_cached", "failed"]);
+    assert!(failed.report().get("prune").is_none());
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 0);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/lib:1")).is_some());
     // A sharded run never prunes; a complete one does.
     let sharded = ImageSync::new()
         .config(&only)
@@ -278,4 +311,251 @@ fn records_of_concurrent_shards_are_all_seen_and_settings_prune_runs_after_a_com
     );
     assert_eq!(image::digest_of(&pair.tools, &format!("{c}/lib:1")), None);
     assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
+}
+
+#[test]
+fn fifty_one_tags_to_delete_are_over_the_default_cap_nothing_is_deleted_and_the_exit_code_is_1() {
+    let Some(pair) = support::pair() else {
+        return;
+    };
+    let (up, c) = (pair.upstream.host(), pair.cache.host());
+    upstream_images(&pair);
+    // 51 tags: over the default `--max-deletions` (50) by one. Each its own image: 51
+    // copies of one image at once race on the same blobs in Distribution (500s, retried).
+    let tags: Vec<String> = (0..51).map(|n| n.to_string()).collect();
+    for tag in &tags {
+        OciLayout::new(Kind::Single, &format!("many-{tag}"), 64).push(
+            &pair.tools,
+            &format!("{up}/many:{tag}"),
+            Format::Oci,
+        );
+    }
+    let mut listed: Vec<(&str, &str)> = tags.iter().map(|tag| ("many", tag.as_str())).collect();
+    listed.push(("app", "1"));
+    let before = pair.upstream.counts();
+    let synced = ImageSync::new().config(&config(&c, &up, &listed, "")).run();
+    synced.expect_code(0);
+    assert_eq!(synced.actions(), vec!["pulled"; 52], "{}", synced.stderr);
+    // crane copy GETs the source manifest of each tag once.
+    assert_eq!(
+        (pair.upstream.counts() - before).manifest_gets,
+        52,
+        "{}",
+        synced.stderr
+    );
+
+    // A truncated config: only app:1 left.
+    let cut = config(&c, &up, &[("app", "1")], "");
+    let cache_before = pair.cache.requests().len();
+    let capped = prune(&cut, &["--apply"]);
+    capped.expect_code(1);
+    let report = capped.report();
+    assert_eq!(strings(&report["prune"]["would_delete"]).len(), 51);
+    assert!(strings(&report["prune"]["deleted"]).is_empty());
+    let error = report["prune"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("51 tags would be deleted, more than --max-deletions 50"),
+        "{error}"
+    );
+    let deletes: Vec<String> = pair.cache.requests()[cache_before..]
+        .iter()
+        .filter(|(method, path, _)| method == "DELETE" && !path.contains("image-sync/records"))
+        .map(|(_, path, _)| path.clone())
+        .collect();
+    assert!(deletes.is_empty(), "nothing deleted: {deletes:?}");
+    for tag in ["0", "50"] {
+        assert!(image::digest_of(&pair.tools, &format!("{c}/many:{tag}")).is_some());
+    }
+    // Raised on purpose, the same cleanup goes through.
+    let raised = prune(&cut, &["--apply", "--max-deletions", "51"]);
+    raised.expect_code(0);
+    assert_eq!(strings(&raised.report()["prune"]["deleted"]).len(), 51);
+    assert_eq!(image::digest_of(&pair.tools, &format!("{c}/many:0")), None);
+    assert!(image::digest_of(&pair.tools, &format!("{c}/app:1")).is_some());
+}
+
+/// The records library against a real registry: a client as a run builds it.
+mod records_of {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use image_sync::input::reference::Repository;
+    use image_sync::registry::client::Client;
+    use image_sync::registry::credentials::Keyring;
+    use image_sync::registry::quota::{Ledger, Reserve};
+    use image_sync::run::prune::records::{self, Entry};
+    use image_sync::tls::TlsPolicy;
+
+    pub const BUDGET: Duration = Duration::from_secs(30);
+
+    pub fn client() -> Client {
+        Client::new(
+            TlsPolicy::new(Default::default()),
+            Arc::new(Keyring::discover()),
+            Arc::new(Ledger::new(Reserve::Pulls(0))),
+        )
+        .expect("client")
+    }
+
+    pub fn entry(tag: &str) -> Entry {
+        Entry {
+            repository: "app".to_owned(),
+            tag: tag.to_owned(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+        }
+    }
+
+    /// Every entry of every record there now.
+    pub async fn recorded(client: &Client, repo: &Repository) -> (usize, Vec<Entry>) {
+        let read = records::read(client, repo, BUDGET).await.expect("read");
+        let mut entries: Vec<Entry> = read.iter().flat_map(|r| r.entries.clone()).collect();
+        entries.sort();
+        entries.dedup();
+        (read.len(), entries)
+    }
+
+    pub use records::{Added, COMPACT_AT, add, read, record, write};
+}
+
+#[test]
+fn two_writers_merging_the_records_at_once_lose_no_entry_and_a_recorded_entry_is_not_written_again()
+{
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let cache = crate::support::registry::Registry::start(&tools);
+    let repo = image_sync::input::reference::Repository::new(&cache.host(), "image-sync/records");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use records_of::*;
+        let client = client();
+        // COMPACT_AT records of one entry each: the next writer merges.
+        let mut expected: Vec<_> = (0..COMPACT_AT)
+            .map(|n| entry(&format!("old-{n:02}")))
+            .collect();
+        for old in &expected {
+            write(&client, &repo, std::slice::from_ref(old), "seed", BUDGET)
+                .await
+                .expect("write");
+        }
+        // An entry some record holds is not written again: no push.
+        let puts = |cache: &crate::support::registry::Registry| {
+            cache
+                .requests()
+                .iter()
+                .filter(|(method, path, _)| method == "PUT" && path.contains("/manifests/"))
+                .count()
+        };
+        let before = puts(&cache);
+        let covered = record(&client, &repo, &expected[..3], "again", BUDGET).await;
+        assert_eq!(covered.expect("record"), Added::Covered);
+        assert_eq!(puts(&cache), before);
+
+        // The worst interleaving: both writers read every record before either merges.
+        let seen_by_a = read(&client, &repo, BUDGET).await.expect("read a");
+        let seen_by_b = read(&client, &repo, BUDGET).await.expect("read b");
+        assert_eq!((seen_by_a.len(), seen_by_b.len()), (COMPACT_AT, COMPACT_AT));
+        for (seen, writer) in [(&seen_by_a, "from-a"), (&seen_by_b, "from-b")] {
+            let written = entry(writer);
+            let merged = add(
+                &client,
+                &repo,
+                seen,
+                std::slice::from_ref(&written),
+                writer,
+                BUDGET,
+            )
+            .await;
+            assert!(
+                matches!(merged, Ok(Added::Merged { replaced, .. }) if replaced == COMPACT_AT),
+                "{merged:?}"
+            );
+            expected.push(written);
+        }
+        expected.sort();
+        let (count, entries) = recorded(&client, &repo).await;
+        assert_eq!(entries, expected, "no entry lost");
+        assert_eq!(count, 2, "each writer's merge, the records they read gone");
+
+        // Truly at once, over the compaction threshold again: nothing lost either.
+        for n in 0..COMPACT_AT {
+            let one = entry(&format!("more-{n:02}"));
+            write(&client, &repo, std::slice::from_ref(&one), "seed", BUDGET)
+                .await
+                .expect("write");
+            expected.push(one);
+        }
+        let (c, d) = (entry("from-c"), entry("from-d"));
+        let (merged_c, merged_d) = tokio::join!(
+            record(&client, &repo, std::slice::from_ref(&c), "c", BUDGET),
+            record(&client, &repo, std::slice::from_ref(&d), "d", BUDGET),
+        );
+        assert!(matches!(merged_c, Ok(Added::Merged { .. })), "{merged_c:?}");
+        assert!(matches!(merged_d, Ok(Added::Merged { .. })), "{merged_d:?}");
+        expected.extend([c, d]);
+        expected.sort();
+        let (count, entries) = recorded(&client, &repo).await;
+        assert_eq!(entries, expected, "no entry lost");
+        assert!(count <= 3, "merged: {count} records");
+
+        // A cache that refuses deletes (405 UNSUPPORTED) gets the new entries alone: a merge
+        // whose records read could not go would only add to them.
+        let refusing =
+            FaultProxy::start(cache.host()).rule(Rule::new("DELETE", "/manifests/").respond(
+                Fault::registry_error(405, "UNSUPPORTED", "deletes disabled"),
+            ));
+        let behind =
+            image_sync::input::reference::Repository::new(&refusing.host(), "image-sync/records");
+        for n in 0..COMPACT_AT {
+            let one = entry(&format!("kept-{n:02}"));
+            write(&client, &behind, std::slice::from_ref(&one), "seed", BUDGET)
+                .await
+                .expect("write");
+        }
+        let (count, _) = recorded(&client, &behind).await;
+        let added = record(&client, &behind, &[entry("late")], "e", BUDGET).await;
+        assert!(matches!(added, Ok(Added::Written(_))), "{added:?}");
+        assert_eq!(recorded(&client, &behind).await.0, count + 1);
+    });
+}
+
+#[test]
+fn a_run_that_copies_again_what_a_record_holds_writes_no_record() {
+    let Some((pair, _, c, full)) = synced_all() else {
+        return;
+    };
+    assert_eq!(records(&pair), 1);
+    // lib:1 goes from the cache (not by prune); the next run copies it again, same digest.
+    let digest = image::digest_of(&pair.tools, &format!("{c}/lib:1")).expect("cached");
+    image::crane(&pair.tools, &["delete", &format!("{c}/lib@{digest}")]);
+    let before = pair.upstream.counts();
+    let cache_before = pair.cache.requests().len();
+    let again = ImageSync::new().config(&full).run();
+    again.expect_code(0);
+    assert_eq!(
+        again.actions(),
+        [
+            "already_cached",
+            "already_cached",
+            "already_cached",
+            "already_cached",
+            "pulled"
+        ]
+    );
+    assert_eq!((pair.upstream.counts() - before).manifest_gets, 1);
+    let pushed: Vec<String> = pair.cache.requests()[cache_before..]
+        .iter()
+        .filter(|(method, path, _)| {
+            method != "GET" && method != "HEAD" && path.contains("image-sync/records")
+        })
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    assert!(
+        pushed.is_empty(),
+        "the entry was recorded already: {pushed:?}"
+    );
+    assert_eq!(records(&pair), 1);
 }

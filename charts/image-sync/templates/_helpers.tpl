@@ -135,16 +135,17 @@ template:
           - /etc/image-sync/config.yaml
           - --log-format
           - {{ .Values.logFormat }}
+          {{- if .Values.rbac.leases.enabled }}
+          # One run at a time over the cache (the order of k8s/'s arguments).
+          - --lease
+          - image-sync
+          {{- end }}
           {{- range .Values.extraArgs }}
           - {{ . | quote }}
           {{- end }}
           {{- if $shards }}
           - --shard-count
           - {{ $shards | quote }}
-          {{- end }}
-          {{- if .Values.rbac.leases.enabled }}
-          - --lease
-          - image-sync
           {{- end }}
         env:
           {{- if .Values.rbac.leases.enabled }}

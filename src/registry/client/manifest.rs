@@ -12,7 +12,6 @@ use reqwest::{Method, StatusCode};
 
 use super::core::Client;
 use super::session::{Refusal, Request};
-use super::transport::{BodyError, read_capped};
 use crate::input::reference::{Digest, Repository, Tag};
 use crate::registry::failure::{Class, Failure, Side};
 
@@ -100,12 +99,7 @@ impl Client {
                     .status_refusal(status, answer.response.headers(), &answer.what)
                     .into();
             }
-            let stated = answer
-                .response
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|value| value.to_str().ok())
-                .and_then(Digest::parse);
+            let stated = super::manifests::stated_digest(&answer.response);
             if !get {
                 match stated {
                     Some(digest) => {
@@ -130,18 +124,10 @@ impl Client {
                 }
             }
             let what = answer.what;
-            let body = match read_capped(answer.response, MAX_MANIFEST_BYTES).await {
+            let body = match super::manifests::read_manifest(&session, answer.response, &what).await
+            {
                 Ok(body) => body,
-                Err(BodyError::TooLarge) => {
-                    return Checked::Failed(session.fail(
-                        Class::Malformed,
-                        format!(
-                            "{what}: the manifest is larger than {} MiB, which no registry accepts: not read",
-                            MAX_MANIFEST_BYTES / (1024 * 1024)
-                        ),
-                    ));
-                }
-                Err(BodyError::Broken(broken)) => return session.broken(&broken, &what).into(),
+                Err(refusal) => return refusal.into(),
             };
             let children = match parse_manifest(&body) {
                 Ok(children) => children,

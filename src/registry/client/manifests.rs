@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 
 use super::core::Client;
 use super::manifest::{MANIFEST_TYPES, MAX_MANIFEST_BYTES};
-use super::session::{Request, Session};
+use super::session::{Answer, Refusal, Request, Session};
 use super::transport::{BodyError, read_capped};
 use crate::input::reference::{Digest, Repository};
 use crate::registry::failure::{Class, Failure, Side};
@@ -81,6 +81,62 @@ fn content_type(response: &reqwest::Response) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
+/// The `Docker-Content-Digest` an answer states, when it holds a digest.
+pub(super) fn stated_digest(response: &reqwest::Response) -> Option<Digest> {
+    response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|value| value.to_str().ok())
+        .and_then(Digest::parse)
+}
+
+/// One manifest request (HEAD or GET) of `repository` at `reference`: `None` when it is
+/// missing (404), the registry's refusal for any status but 200, else the answer (its body
+/// unread) and the digest it states.
+async fn manifest_answer(
+    session: &Session<'_>,
+    repository: &Repository,
+    reference: &str,
+    method: Method,
+) -> Result<Option<(Answer, Option<Digest>)>, Failure> {
+    let path = format!("/v2/{}/manifests/{reference}", repository.path());
+    let request = Request::new(method, &path, MANIFEST_TYPES).manifest();
+    let answer = session
+        .send(&request)
+        .await
+        .map_err(Refusal::into_failure)?;
+    let status = answer.response.status();
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if status != StatusCode::OK {
+        return Err(session
+            .status_refusal(status, answer.response.headers(), &answer.what)
+            .into_failure());
+    }
+    let stated = stated_digest(&answer.response);
+    Ok(Some((answer, stated)))
+}
+
+/// A manifest's body, read up to [`MAX_MANIFEST_BYTES`] (a larger one is refused unread).
+pub(super) async fn read_manifest(
+    session: &Session<'_>,
+    response: reqwest::Response,
+    what: &str,
+) -> Result<Vec<u8>, Refusal> {
+    match read_capped(response, MAX_MANIFEST_BYTES).await {
+        Ok(bytes) => Ok(bytes),
+        Err(BodyError::TooLarge) => Err(Refusal::Failed(session.fail(
+            Class::Malformed,
+            format!(
+                "{what}: the manifest is larger than {} MiB, which no registry accepts: not read",
+                MAX_MANIFEST_BYTES / (1024 * 1024)
+            ),
+        ))),
+        Err(BodyError::Broken(broken)) => Err(session.broken(&broken, what)),
+    }
+}
+
 impl Client {
     async fn open<'a>(
         &'a self,
@@ -90,7 +146,7 @@ impl Client {
     ) -> Result<Session<'a>, Failure> {
         self.session(repository, side, budget)
             .await
-            .map_err(super::session::Refusal::into_failure)
+            .map_err(Refusal::into_failure)
     }
 
     /// HEAD of `repository` at `reference` (a tag or a digest): `None` when it is missing.
@@ -102,33 +158,17 @@ impl Client {
         budget: Duration,
     ) -> Result<Option<Head>, Failure> {
         let session = self.open(repository, side, budget).await?;
-        let path = format!("/v2/{}/manifests/{reference}", repository.path());
-        let request = Request::new(Method::HEAD, &path, MANIFEST_TYPES).manifest();
-        let answer = session
-            .send(&request)
-            .await
-            .map_err(super::session::Refusal::into_failure)?;
-        let status = answer.response.status();
-        if status == StatusCode::NOT_FOUND {
+        let Some((answer, stated)) =
+            manifest_answer(&session, repository, reference, Method::HEAD).await?
+        else {
             return Ok(None);
-        }
-        if status != StatusCode::OK {
-            return Err(session
-                .status_refusal(status, answer.response.headers(), &answer.what)
-                .into_failure());
-        }
-        let digest = answer
-            .response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|value| value.to_str().ok())
-            .and_then(Digest::parse)
-            .ok_or_else(|| {
-                session.fail(
-                    Class::Malformed,
-                    format!("{}: no Docker-Content-Digest", answer.what),
-                )
-            })?;
+        };
+        let digest = stated.ok_or_else(|| {
+            session.fail(
+                Class::Malformed,
+                format!("{}: no Docker-Content-Digest", answer.what),
+            )
+        })?;
         Ok(Some(Head {
             digest,
             media_type: content_type(&answer.response).unwrap_or_default(),
@@ -145,44 +185,16 @@ impl Client {
         budget: Duration,
     ) -> Result<Option<Fetched>, Failure> {
         let session = self.open(repository, side, budget).await?;
-        let path = format!("/v2/{}/manifests/{reference}", repository.path());
-        let request = Request::new(Method::GET, &path, MANIFEST_TYPES).manifest();
-        let answer = session
-            .send(&request)
-            .await
-            .map_err(super::session::Refusal::into_failure)?;
-        let status = answer.response.status();
-        if status == StatusCode::NOT_FOUND {
+        let Some((answer, stated)) =
+            manifest_answer(&session, repository, reference, Method::GET).await?
+        else {
             return Ok(None);
-        }
-        if status != StatusCode::OK {
-            return Err(session
-                .status_refusal(status, answer.response.headers(), &answer.what)
-                .into_failure());
-        }
-        let stated = answer
-            .response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|value| value.to_str().ok())
-            .and_then(Digest::parse);
+        };
         let header_type = content_type(&answer.response);
         let what = answer.what;
-        let bytes = match read_capped(answer.response, MAX_MANIFEST_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(BodyError::TooLarge) => {
-                return Err(session.fail(
-                    Class::Malformed,
-                    format!(
-                        "{what}: the manifest is larger than {} MiB: not read",
-                        MAX_MANIFEST_BYTES / (1024 * 1024)
-                    ),
-                ));
-            }
-            Err(BodyError::Broken(broken)) => {
-                return Err(session.broken(&broken, &what).into_failure());
-            }
-        };
+        let bytes = read_manifest(&session, answer.response, &what)
+            .await
+            .map_err(Refusal::into_failure)?;
         let digest = Digest::of_bytes(&bytes);
         if let Some(stated) = stated.filter(|stated| *stated != digest) {
             return Err(session.fail(
@@ -232,19 +244,13 @@ impl Client {
         let answer = session
             .send(&request)
             .await
-            .map_err(super::session::Refusal::into_failure)?;
+            .map_err(Refusal::into_failure)?;
         let status = answer.response.status();
         let expected = Digest::of_bytes(bytes);
         if status != StatusCode::CREATED && status != StatusCode::OK {
             return Err(write_refused(&session, answer).await);
         }
-        let stated = answer
-            .response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|value| value.to_str().ok())
-            .and_then(Digest::parse);
-        match stated {
+        match stated_digest(&answer.response) {
             Some(stated) if stated != expected => Err(session.fail(
                 Class::DigestDrift,
                 format!(
@@ -269,7 +275,7 @@ impl Client {
         let answer = session
             .send(&request)
             .await
-            .map_err(super::session::Refusal::into_failure)?;
+            .map_err(Refusal::into_failure)?;
         let status = answer.response.status();
         match status {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(Deleted::Deleted),
@@ -299,7 +305,7 @@ impl Client {
     ) -> Result<Digest, Failure> {
         let digest = Digest::of_bytes(bytes);
         let session = self.open(repository, Side::Cache, budget).await?;
-        let refuse = |refusal: super::session::Refusal| refusal.into_failure();
+        let refuse = |refusal: Refusal| refusal.into_failure();
         let blob = format!("/v2/{}/blobs/{digest}", repository.path());
         let head = session
             .send(&Request::new(Method::HEAD, &blob, "*/*").push())
@@ -362,7 +368,7 @@ impl Client {
 }
 
 /// A refused write: the status and the registry's error code.
-async fn write_refused(session: &Session<'_>, answer: super::session::Answer) -> Failure {
+async fn write_refused(session: &Session<'_>, answer: Answer) -> Failure {
     let status = answer.response.status();
     let what = answer.what;
     if status == StatusCode::UNAUTHORIZED

@@ -162,6 +162,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             .filter(|(tag, _)| !going.contains_key(tag.as_str()))
             .map(|(tag, digest)| (tag.as_str(), digest.as_str()))
             .collect();
+        let mut going_digests: Vec<Deletion> = Vec::new();
         let mut by_digest: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (tag, digest) in &going {
             by_digest.entry(digest).or_default().push((*tag).to_owned());
@@ -189,7 +190,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
                         decision.kept.push(((repo.to_owned(), tag), why.clone()));
                     }
                 }
-                None => decision.delete.push(Deletion {
+                None => going_digests.push(Deletion {
                     repository: repo.to_owned(),
                     target: Target::Digest {
                         digest: digest.to_owned(),
@@ -198,10 +199,47 @@ pub fn decide(inputs: &Inputs) -> Decision {
                 }),
             }
         }
+        decision
+            .delete
+            .extend(parents_first(going_digests, &contents.children));
     }
-    decision.delete.sort();
     decision.kept.sort();
     decision
+}
+
+/// Orders one repository's digest deletions so that an index goes before the children it
+/// lists: a failure in between never leaves a tag on an index whose child is gone.
+fn parents_first(
+    mut left: Vec<Deletion>,
+    children: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<Deletion> {
+    let digest = |deletion: &Deletion| match &deletion.target {
+        Target::Digest { digest, .. } => digest.clone(),
+        Target::Tag(tag) => tag.clone(),
+    };
+    let mut ordered = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let digests: Vec<String> = left.iter().map(digest).collect();
+        let listed_by_another = |wanted: &String| {
+            digests.iter().any(|parent| {
+                parent != wanted
+                    && children
+                        .get(parent)
+                        .is_some_and(|listed| listed.contains(wanted))
+            })
+        };
+        let (ready, rest): (Vec<Deletion>, Vec<Deletion>) = left
+            .into_iter()
+            .partition(|deletion| !listed_by_another(&digest(deletion)));
+        if ready.is_empty() {
+            // A cycle, which content addressing rules out: keep the order as it is.
+            ordered.extend(rest);
+            break;
+        }
+        ordered.extend(ready);
+        left = rest;
+    }
+    ordered
 }
 
 #[cfg(test)]

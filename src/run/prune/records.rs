@@ -1,16 +1,23 @@
 //! What image-sync wrote, recorded in the cache registry itself (the CronJob pod has no
-//! volume): the repository `[prefix/]image-sync/records` holds one small OCI artifact per
-//! writer and run, tagged `w-<millis>-<writer>-<nonce>`, whose annotation
-//! [`ENTRIES`] lists the `(repository, tag, digest)` it wrote. Shards writing at once each
-//! push their own tag, so no record is ever lost; readers merge them all. Prune compacts:
-//! it writes one merged record (with a new writer and time, so that its digest is new) and
-//! deletes, by digest, only the records it read.
+//! volume): the repository `[prefix/]image-sync/records` holds small OCI artifacts tagged
+//! `w-<millis>-<writer>-<nonce>`, whose annotation [`ENTRIES`] lists the
+//! `(repository, tag, digest)` written. Shards writing at once each push their own tag, so
+//! no record is ever lost; readers merge them all.
+//!
+//! A run records only entries no record holds yet ([`record`]: a run that copied what was
+//! recorded before pushes nothing). Records are compacted by [`replace`]: one record of
+//! everything is written (with a new writer and time, so that its digest is new), then
+//! only the records that were read are deleted, by digest. A record another writer pushes
+//! meanwhile is not among them and stays; two writers compacting at once each write their
+//! merge and delete what they read, so every entry stays in some record. A run compacts
+//! once [`COMPACT_AT`] records are there; prune compacts whenever it deleted something.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::decide::Deletes;
 use crate::input::plan::Plan;
 use crate::input::reference::{Digest, Repository};
 use crate::registry::client::Client;
@@ -22,6 +29,11 @@ pub const REPOSITORY: &str = "image-sync/records";
 pub const ARTIFACT_TYPE: &str = "application/vnd.pleme-io.image-sync.records.v1+json";
 /// The annotation holding a record's entries (JSON).
 pub const ENTRIES: &str = "io.github.pleme-io.image-sync.records";
+/// A run that finds this many records (or more) merges them, with its own entries, into
+/// one (when the cache deletes).
+pub const COMPACT_AT: usize = 16;
+/// Attempts at pushing one record.
+const WRITE_TRIES: u32 = 3;
 /// The empty JSON blob (`{}`), the config and only layer of a record.
 const EMPTY: &[u8] = b"{}";
 const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -142,11 +154,120 @@ pub async fn write(
             ),
         ));
     }
-    client.put_blob(records, EMPTY, budget).await?;
-    client
-        .put_manifest(records, &tag, MANIFEST_TYPE, &bytes, budget)
-        .await?;
-    Ok(Some(tag))
+    // Shards push the same empty blob at once, which Distribution may refuse to one of
+    // them (a 500, or DIGEST_INVALID): a record is worth a few tries.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let pushed = match client.put_blob(records, EMPTY, budget).await {
+            Ok(_) => {
+                client
+                    .put_manifest(records, &tag, MANIFEST_TYPE, &bytes, budget)
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
+        match pushed {
+            Ok(_) => return Ok(Some(tag)),
+            Err(failure) if tries < WRITE_TRIES => {
+                tracing::debug!(cause = %failure, tries, "the record was not written; trying again");
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(tries))).await;
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// What [`add`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// Every entry was recorded already: nothing written.
+    Covered,
+    /// One record of the new entries, by its tag.
+    Written(String),
+    /// One record of every entry, by its tag, in place of the `replaced` records read.
+    Merged {
+        /// The merged record's tag.
+        tag: String,
+        /// How many records it replaced.
+        replaced: usize,
+    },
+}
+
+/// Records `written`: reads the records, then [`add`].
+pub async fn record(
+    client: &Client,
+    records: &Repository,
+    written: &[Entry],
+    writer: &str,
+    budget: Duration,
+) -> Result<Added, Failure> {
+    if written.is_empty() {
+        return Ok(Added::Covered);
+    }
+    let read = read(client, records, budget).await?;
+    add(client, records, &read, written, writer, budget).await
+}
+
+/// Records the entries of `written` that none of the `read` records holds: nothing when
+/// there are none; from [`COMPACT_AT`] records on, one merged record of everything in place
+/// of the records read (when the cache deletes, else one record of the new entries).
+pub async fn add(
+    client: &Client,
+    records: &Repository,
+    read: &[Record],
+    written: &[Entry],
+    writer: &str,
+    budget: Duration,
+) -> Result<Added, Failure> {
+    let recorded: BTreeSet<&Entry> = read.iter().flat_map(|record| &record.entries).collect();
+    let new: Vec<Entry> = written
+        .iter()
+        .filter(|entry| !recorded.contains(entry))
+        .cloned()
+        .collect();
+    if new.is_empty() {
+        return Ok(Added::Covered);
+    }
+    // A cache that cannot say how it deletes gets the new entries alone: the record first.
+    if read.len() >= COMPACT_AT
+        && matches!(
+            super::deletes(client, records, budget).await,
+            Ok(Deletes::ByTag | Deletes::ByDigest)
+        )
+    {
+        let every: Vec<Entry> = recorded.into_iter().cloned().chain(new).collect();
+        let tag = replace(client, records, read, &every, writer, budget).await?;
+        return Ok(Added::Merged {
+            tag: tag.unwrap_or_default(),
+            replaced: read.len(),
+        });
+    }
+    let tag = write(client, records, &new, writer, budget).await?;
+    Ok(tag.map_or(Added::Covered, Added::Written))
+}
+
+/// Writes one record of `entries` (none when empty) in place of the `read` records: the
+/// new record first, then each record read deleted by its digest. Nothing is deleted when
+/// the write fails; a record that cannot be deleted is merged again next time.
+pub async fn replace(
+    client: &Client,
+    records: &Repository,
+    read: &[Record],
+    entries: &[Entry],
+    writer: &str,
+    budget: Duration,
+) -> Result<Option<String>, Failure> {
+    let tag = write(client, records, entries, writer, budget).await?;
+    for record in read {
+        if let Err(failure) = client
+            .delete_manifest(records, record.digest.as_str(), budget)
+            .await
+        {
+            tracing::warn!(record = %record.tag, cause = %failure, "cannot delete a merged record; it is merged again next time");
+        }
+    }
+    Ok(tag)
 }
 
 /// Reads every record (none when the repository does not exist yet).

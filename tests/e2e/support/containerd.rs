@@ -1,14 +1,38 @@
 //! A real containerd (Debian's 1.6, run as root without systemd) with its own root, state
-//! and socket under a temp dir, driven with `ctr`; killed and reaped on drop.
+//! and socket under a temp dir, driven with `ctr`; killed and reaped on drop. With it, the
+//! node side every containerd test sets up: registries and a containerd at once, and the
+//! `hosts.toml` files `image-sync hosts-toml` writes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{REQUIRE_TOOLS_VAR, find_tool};
+use super::runner::ImageSync;
+use super::{Pair, REQUIRE_TOOLS_VAR, find_tool};
 
 /// The namespace the tests pull into.
 const NAMESPACE: &str = "image-sync-test";
+
+/// An upstream, a cache and a containerd; `None` (skip) when a tool is missing outside CI.
+pub fn pair_and_containerd() -> Option<(Pair, Containerd)> {
+    let pair = super::pair()?;
+    Some((pair, Containerd::start()?))
+}
+
+/// Runs `image-sync hosts-toml --mirror MIRROR --dir DIR EXTRA...` for `config`: the files
+/// a node's containerd reads from DIR.
+pub fn hosts_toml(config: &str, mirror: &str, dir: &Path, extra: &[&str]) {
+    ImageSync::new()
+        .config(config)
+        .arg("hosts-toml")
+        .arg("--mirror")
+        .arg(mirror)
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .run()
+        .expect_code(0);
+}
 
 /// A running containerd.
 pub struct Containerd {

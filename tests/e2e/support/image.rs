@@ -220,16 +220,10 @@ impl OciLayout {
         if let Some(authfile) = authfile {
             command.arg("--authfile").arg(authfile);
         }
-        let output = command
+        command
             .arg(format!("oci:{}:latest", self.path().display()))
-            .arg(format!("docker://{destination}"))
-            .output()
-            .expect("run skopeo");
-        assert!(
-            output.status.success(),
-            "skopeo push to {destination} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .arg(format!("docker://{destination}"));
+        succeeded(&mut command, &format!("skopeo push to {destination}"));
     }
 }
 
@@ -250,6 +244,28 @@ pub fn push_singles(tools: &Tools, host: &str, repositories: &[&str]) {
             Format::Oci,
         );
     }
+}
+
+/// Runs `command` (`what` it does, for the message); its stdout. Panics with its stderr
+/// when it fails.
+pub fn succeeded(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs real crane with `args`; its stdout (panics with its stderr when it fails).
+pub fn crane(tools: &Tools, args: &[&str]) -> String {
+    succeeded(
+        Command::new(&tools.crane).args(args),
+        &format!("crane {args:?}"),
+    )
 }
 
 /// The digest a registry holds for `reference`, read with real crane (`None`: missing).

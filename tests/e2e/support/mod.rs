@@ -3,6 +3,7 @@
 
 pub mod containerd;
 pub mod control_plane;
+pub mod discover;
 pub mod dns;
 pub mod fault;
 pub mod image;
@@ -105,4 +106,14 @@ pub fn extra_tool(name: &str) -> Option<PathBuf> {
         eprintln!("SKIPPED: {message}");
     }
     found
+}
+
+/// A path in the repository (`tests/discover`, `k8s/...`).
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The text of a file in the repository; panics naming the file when it cannot be read.
+pub fn repo_file(relative: &str) -> String {
+    std::fs::read_to_string(repo_path(relative)).unwrap_or_else(|err| panic!("{relative}: {err}"))
 }

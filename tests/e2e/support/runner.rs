@@ -1,6 +1,7 @@
 //! Runs the real `image-sync` binary and returns its exit code, parsed report and stderr.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -56,6 +57,15 @@ impl Outcome {
             "exit code; stdout:\n{}\nstderr:\n{}",
             self.stdout, self.stderr
         );
+        self
+    }
+
+    /// Panics with the whole run output unless the run exited with `code`, printed nothing
+    /// on stdout and said `needle` on stderr.
+    pub fn expect_error(&self, code: i32, needle: &str) -> &Self {
+        self.expect_code(code);
+        assert!(self.stdout.is_empty(), "stdout:\n{}", self.stdout);
+        assert!(self.stderr.contains(needle), "{}", self.stderr);
         self
     }
 }
@@ -157,6 +167,21 @@ impl ImageSync {
             stdout: std::fs::read(&stdout_path).expect("read stdout"),
             stderr: std::fs::read(&stderr_path).expect("read stderr"),
         })
+    }
+
+    /// Runs the binary to completion with `stdin` piped in.
+    pub fn run_with_stdin(self, stdin: &[u8]) -> Outcome {
+        let mut child = self
+            .command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn image-sync");
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(stdin).expect("write stdin");
+        drop(pipe);
+        outcome(child.wait_with_output().expect("wait image-sync"))
     }
 
     /// Starts the binary with piped output, for tests that signal the running process;
