@@ -228,6 +228,8 @@ fn a_listing_that_fails_fails_its_entry_only() {
         "{error}"
     );
     assert_eq!(outcome.report()["tag_lists"][0]["requests"], 1);
+    // The failed listing cost no pull; the other entry's copy one.
+    assert_eq!(p.upstream.counts().manifest_gets, 1);
 }
 
 #[test]
