@@ -713,9 +713,9 @@ fn a_sigkilled_run_leaves_no_child_behind() {
 
 /// Issue 18 item 13: the private credentials file for the cache's IP literal, left by a
 /// SIGKILLed run (nothing of it runs to remove it), is removed by the next run's start;
-/// a live run's is not touched.
+/// a run that exits at once on a second SIGTERM removes its own before exiting.
 #[test]
-fn a_sigkilled_runs_private_credentials_are_removed_by_the_next_start() {
+fn private_credentials_do_not_outlive_a_killed_run() {
     use base64::Engine as _;
     let Some(tools) = support::tools() else {
         return;
@@ -803,4 +803,40 @@ fn a_sigkilled_runs_private_credentials_are_removed_by_the_next_start() {
     assert!(private_dirs().is_empty(), "{:?}", private_dirs());
     assert!(!second.stderr.contains("cache-s3cret") && !second.stdout.contains("cache-s3cret"));
     assert_eq!(tls.counts().manifest_gets, 2, "one GET per copy");
+
+    // A second SIGTERM exits at once, but removes the directory first.
+    tls.push_trusted(
+        &tools,
+        Kind::Single,
+        "twice-literal",
+        &format!("{}/app/twice:t0", tls.host()),
+    );
+    slow.add_rule(Rule::new("POST", "/blobs/uploads/").respond(Fault::delay_ms(60_000)));
+    let uploads = slow.count("POST", "/blobs/uploads/");
+    let third_run = ImageSync::new()
+        .config(&yaml(
+            &cache_host,
+            &[format!("{}/app/twice", tls.host())],
+            &format!("  insecure_registries: [\"{cache_host}\"]\n"),
+        ))
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .env("SSL_CERT_FILE", tls.ca_cert_path())
+        .env("TMPDIR", tmp.path());
+    let third = third_run.spawn();
+    assert!(slow.wait_for(
+        "POST",
+        "/blobs/uploads/",
+        uploads + 1,
+        Duration::from_secs(30)
+    ));
+    assert_eq!(private_dirs().len(), 1);
+    signal(third.id(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(third.id(), Signal::SIGTERM);
+    let third = outcome(third.wait_with_output().expect("wait"));
+    third.expect_code(143);
+    assert!(third.stderr.contains("second signal"), "{}", third.stderr);
+    assert!(private_dirs().is_empty(), "{:?}", private_dirs());
+    assert!(wait_until_gone(&["crane", "copy", &literal]).is_empty());
+    assert_eq!(tls.counts().manifest_gets, 3, "one GET per copy");
 }
