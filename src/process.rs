@@ -3,13 +3,21 @@
 //! Every child gets a null stdin (or the bytes it is given), piped and drained stdout/stderr, its own process group
 //! and `kill_on_drop` as a safety net. On timeout or interruption the whole group gets
 //! SIGTERM, a short grace, then SIGKILL, and the child is always reaped.
+//!
+//! A child dies with image-sync, even when image-sync is SIGKILLed (nothing of its own
+//! runs then): each child asks the kernel for SIGKILL when its parent goes
+//! (`PR_SET_PDEATHSIG`, Linux). The kernel sends it when the *thread* that forked the child
+//! exits, so every child is forked by one spawner thread that lives as long as the process
+//! (a tokio worker or a helper's runtime thread may end before the child should). A child's
+//! own children (a credential helper crane runs) are not covered: they are in its process
+//! group, which the timeout and signal paths kill.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -140,7 +148,8 @@ pub async fn run(spec: &CommandSpec, cancel: &Cancel) -> Result<Finished, RunErr
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|err| {
+    dies_with_this_process(&mut command);
+    let mut child = spawn(command).await.map_err(|err| {
         RunError::Spawn(format!("cannot start {}: {err}", spec.program.display()))
     })?;
     let count = SPAWNED.fetch_add(1, Ordering::Relaxed) + 1;
@@ -201,6 +210,79 @@ pub async fn run(spec: &CommandSpec, cancel: &Cancel) -> Result<Finished, RunErr
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
 }
+
+/// A command to fork on the spawner thread, in the caller's runtime.
+struct SpawnRequest {
+    command: Command,
+    runtime: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>,
+}
+
+/// The spawner thread's queue (the thread runs as long as the process: the sender is
+/// never dropped).
+static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+
+/// Forks `command` on the spawner thread (see the module documentation); in place when
+/// that thread could not be started.
+async fn spawn(mut command: Command) -> std::io::Result<tokio::process::Child> {
+    let spawner = SPAWNER.get_or_init(|| {
+        let (sender, requests) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("image-sync-spawner".to_owned())
+            .spawn(move || {
+                for request in requests {
+                    let SpawnRequest {
+                        mut command,
+                        runtime,
+                        reply,
+                    } = request;
+                    let _entered = runtime.enter();
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map_err(|err| tracing::warn!(error = %err, "cannot start the spawner thread; children are forked by the runtime's threads"))
+            .ok()
+            .map(|_| sender)
+    });
+    let Some(spawner) = spawner else {
+        return command.spawn();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = SpawnRequest {
+        command,
+        runtime: tokio::runtime::Handle::current(),
+        reply,
+    };
+    if let Err(mpsc::SendError(request)) = spawner.send(request) {
+        let mut command = request.command;
+        return command.spawn();
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+}
+
+/// The child gets SIGKILL when this process dies (Linux: `PR_SET_PDEATHSIG`); a child
+/// whose parent died before that took effect exits at once instead of running orphaned.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn dies_with_this_process(command: &mut Command) {
+    let parent = nix::unistd::Pid::from_raw(i32::try_from(std::process::id()).unwrap_or(0));
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls (prctl, getppid): async-signal-safe, no allocation, no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dies_with_this_process(_command: &mut Command) {}
 
 /// Returns once every pipe reader has finished.
 async fn readers_done(readers: &[Option<tokio::task::JoinHandle<Vec<u8>>>]) {

@@ -20,7 +20,6 @@
 //! Credentials are never logged or formatted.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use serde::Deserialize;
 
 use super::docker_hub;
 use super::failure::{Class, Failure, Side};
+use super::private_config::PrivateConfig;
 use crate::process::{self, CommandSpec, RunError};
 
 /// Bound on one credential helper run (it goes on for later lookups after the lookup that
@@ -143,6 +143,8 @@ pub struct Keyring {
     config: RawConfig,
     /// The file exists but crane would refuse it (not JSON, a bad `auth`).
     unreadable: bool,
+    /// The file ends before its JSON does (a truncated write): why, without its content.
+    truncated: Option<String>,
     /// Credential helper answers by (helper, server key): each helper runs once per key per
     /// run, in a task of its own; lookups wait on the channel.
     helper_answers: Mutex<HashMap<(String, String), HelperAnswer>>,
@@ -175,7 +177,15 @@ impl Keyring {
     /// Parses config bytes.
     pub fn parse(bytes: &[u8]) -> Self {
         let document: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
-        let config: Option<RawConfig> = serde_json::from_slice(bytes).ok();
+        let parsed: Result<RawConfig, serde_json::Error> = serde_json::from_slice(bytes);
+        // Only an early end (an empty file is no config, as for docker): other syntax
+        // (trailing data, say) may still be Go's JSON.
+        let truncated = parsed
+            .as_ref()
+            .err()
+            .filter(|err| err.is_eof() && !bytes.iter().all(u8::is_ascii_whitespace))
+            .map(ToString::to_string);
+        let config = parsed.ok();
         let unreadable = config.is_none()
             || config.as_ref().is_some_and(|config| {
                 config.auths.values().any(|entry| {
@@ -190,6 +200,7 @@ impl Keyring {
             document,
             config: config.unwrap_or_default(),
             unreadable,
+            truncated,
             helper_answers: Mutex::new(HashMap::new()),
         }
     }
@@ -223,6 +234,19 @@ impl Keyring {
         repository: Option<&str>,
         deadline: Instant,
     ) -> Result<Lookup, Failure> {
+        if let Some(reason) = &self.truncated {
+            // crane says `unexpected EOF`, which reads like a broken connection: it is not.
+            return Err(Failure::new(
+                Class::Local,
+                format!(
+                    "the Docker config {} is truncated ({reason}): no credentials can be read from it",
+                    self.path
+                        .as_deref()
+                        .map_or_else(|| "file".to_owned(), |path| path.display().to_string())
+                ),
+            )
+            .on(Side::Local, None));
+        }
         if self.unreadable {
             return Ok(Lookup::Delegate);
         }
@@ -310,16 +334,13 @@ impl Keyring {
 
     /// Writes a private copy of the credentials in which `alias` (the IP literal a copy
     /// reaches the cache by) has the cache's credentials: `DIR/config.json`, mode 0600, in
-    /// a fresh directory (mode 0700) removed when the returned guard drops.
+    /// a fresh per-run directory under `$TMPDIR` (mode 0700), removed when the returned
+    /// guard drops (and, after a SIGKILL, by the next run: see [`PrivateConfig`]).
     pub fn private_config_with_alias(
         &self,
         alias: &str,
         credentials: &Basic,
-    ) -> std::io::Result<tempfile::TempDir> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let dir = tempfile::Builder::new()
-            .prefix("image-sync-auth-")
-            .tempdir()?;
+    ) -> std::io::Result<PrivateConfig> {
         let mut document = self
             .document
             .clone()
@@ -352,13 +373,7 @@ impl Keyring {
                 }
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join("config.json"))?;
-        file.write_all(document.to_string().as_bytes())?;
-        Ok(dir)
+        PrivateConfig::write(&std::env::temp_dir(), document.to_string().as_bytes())
     }
 }
 
@@ -574,6 +589,28 @@ mod tests {
             br#"{"credHelpers": {"reg.example": "image-sync-test-no-such-helper"}}"#,
         );
         assert_eq!(lookup(&helper, "reg.example", "a"), Lookup::Anonymous);
+    }
+
+    #[test]
+    fn a_truncated_config_is_a_local_failure_not_a_broken_connection() {
+        let truncated = Keyring::parse(br#"{"auths": {"ghcr.io": {"auth": "dTp"#);
+        let failure = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(truncated.lookup("ghcr.io", "a", Instant::now() + Duration::from_secs(5)))
+            .expect_err("truncated");
+        assert_eq!(failure.class, Class::Local);
+        assert_eq!(failure.side, Some(Side::Local));
+        assert!(failure.to_string().contains("is truncated"), "{failure}");
+        assert!(!failure.to_string().contains("dTp"), "{failure}");
+        // Empty (or blank) is no config at all, as for docker.
+        for empty in [&b""[..], b"  \n"] {
+            assert_eq!(
+                lookup(&Keyring::parse(empty), "ghcr.io", "a"),
+                Lookup::Delegate
+            );
+        }
     }
 
     #[test]

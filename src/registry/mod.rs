@@ -9,6 +9,7 @@ pub mod crane;
 pub mod credentials;
 pub mod docker_hub;
 pub mod failure;
+pub mod private_config;
 pub mod quota;
 pub mod skopeo;
 pub mod tool_errors;

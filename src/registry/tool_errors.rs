@@ -166,6 +166,14 @@ fn transport_class(lower: &str, exit_code: Option<i32>, named_a_request: bool) -
     ]) {
         Class::Unreachable
     } else if has(&[
+        "parsing config file",
+        "loading config file",
+        "reading json file",
+    ]) {
+        // crane's and skopeo's words for a Docker config they cannot read (a truncated
+        // one ends in `unexpected EOF`): this machine, not the connection.
+        Class::Local
+    } else if has(&[
         "connection reset",
         "broken pipe",
         "eof",
@@ -732,6 +740,10 @@ mod tests {
             ),
             (
                 "open /secrets/docker/config.json: permission denied",
+                Class::Local,
+            ),
+            (
+                "Error: parsing config file (/secrets/docker/config.json): unexpected EOF",
                 Class::Local,
             ),
         ];

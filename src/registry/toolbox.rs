@@ -115,7 +115,7 @@ pub struct Toolbox {
     ledger: Arc<Ledger>,
     /// A private Docker config giving the cache's IP literal the cache's credentials
     /// (crane finds none for the literal otherwise); removed when the toolbox drops.
-    literal_auth: Option<tempfile::TempDir>,
+    literal_auth: Option<super::private_config::PrivateConfig>,
 }
 
 impl Toolbox {
@@ -132,6 +132,8 @@ impl Toolbox {
         let keyring = Arc::new(Keyring::discover());
         let ledger = Arc::new(Ledger::shared(reserve, quota_shares));
         let lookup_deadline = Instant::now() + Duration::from_secs(30);
+        // What a run killed by SIGKILL left behind goes first.
+        super::private_config::remove_stale(&std::env::temp_dir());
         let literal_auth = match tls.cache_literal() {
             Some(literal) => match keyring.lookup_registry(cache_host, lookup_deadline).await {
                 Ok(Lookup::Basic(basic)) => {

@@ -41,6 +41,7 @@ pub fn listen(cancel: watch::Sender<bool>) -> std::io::Result<()> {
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");
                 crate::process::kill_all_groups();
+                crate::registry::private_config::remove_all_now();
                 std::process::exit(i32::from(RECEIVED.load(Ordering::SeqCst)));
             }
         }

@@ -1140,3 +1140,45 @@ fn checks_of_many_repositories_share_token_requests_of_bounded_scope() {
     );
     assert_eq!(p.upstream.counts().manifest_gets, 0);
 }
+
+/// Issue 18 item 13: a truncated Docker config (a write cut short) is this machine's
+/// problem: a `local error` naming the file, not a broken connection (crane says
+/// `unexpected EOF`); no registry request, no pull.
+#[test]
+fn a_truncated_docker_config_is_a_local_error_not_a_broken_connection() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "truncated",
+        &format!("{up}/app/cut:1"),
+        Format::Oci,
+    );
+    let before = p.upstream.counts();
+    let auth_dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        auth_dir.path().join("config.json"),
+        format!("{{\"auths\": {{\"{up}\": {{\"auth\": \"cmVhZGVyOnMz"),
+    )
+    .expect("config.json");
+    let config = yaml(&p.cache.host(), &[(format!("{up}/app/cut"), "1")], "");
+    let run = ImageSync::new()
+        .config(&config)
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .run();
+    run.expect_code(1);
+    assert_eq!(run.actions(), ["failed"]);
+    let error = error_of(&run, 0);
+    assert!(
+        error.starts_with("local error:") && error.contains("config.json is truncated"),
+        "{error}"
+    );
+    assert!(!error.contains("cmVhZGVy"), "{error}");
+    assert_eq!(p.upstream.counts().manifest_gets, 0);
+    assert_eq!(
+        p.upstream.counts() - before,
+        Default::default(),
+        "no request upstream"
+    );
+}

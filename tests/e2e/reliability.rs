@@ -660,3 +660,183 @@ fn a_second_signal_kills_the_children_and_exits_at_once() {
         "the wedged child's group was killed"
     );
 }
+
+/// Waits (bounded) until no process's command line holds every one of `terms`.
+fn wait_until_gone(terms: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_naming(terms);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until a process's command line holds every one of `terms`.
+fn wait_until_running(terms: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_naming(terms).is_empty() {
+        assert!(Instant::now() < deadline, "never started: {terms:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 18 item 13: a crane copy does not outlive a SIGKILLed image-sync (nothing of
+/// image-sync runs to kill it: the kernel does, `PR_SET_PDEATHSIG`). The upstream's blobs
+/// are slowed so that the copy is running when image-sync is killed.
+#[test]
+fn a_sigkilled_run_leaves_no_child_behind() {
+    let Some(p) = pair() else { return };
+    let up = p.upstream.host();
+    image::push_new(
+        &p.tools,
+        Kind::Single,
+        "orphan",
+        &format!("{up}/app/orphan:t0"),
+        Format::Oci,
+    );
+    let slow = FaultProxy::start(up.clone())
+        .rule(Rule::new("GET", "/blobs/").respond(Fault::delay_ms(60_000)));
+    let cache = p.cache.host();
+    let run = ImageSync::new().config(&yaml(&cache, &[format!("{}/app/orphan", slow.host())], ""));
+    let mut child = run.spawn();
+    wait_until_running(&["crane", "copy", &cache]);
+    assert!(slow.wait_for("GET", "/blobs/", 1, Duration::from_secs(30)));
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    let left = wait_until_gone(&["crane", "copy", &cache]);
+    assert!(left.is_empty(), "crane outlived image-sync: pids {left:?}");
+    // crane had read the manifest (one GET) and was waiting for a blob.
+    assert_eq!(p.upstream.counts().manifest_gets, 1);
+}
+
+/// Issue 18 item 13: the private credentials file for the cache's IP literal, left by a
+/// SIGKILLed run (nothing of it runs to remove it), is removed by the next run's start;
+/// a run that exits at once on a second SIGTERM removes its own before exiting.
+#[test]
+fn private_credentials_do_not_outlive_a_killed_run() {
+    use base64::Engine as _;
+    let Some(tools) = support::tools() else {
+        return;
+    };
+    let Some(tls) = TlsRegistry::start(&tools) else {
+        return;
+    };
+    let cache = Registry::start_with_auth(&tools, "writer", "cache-s3cret");
+    // Blob uploads to the cache hang, so that the first run is copying when it is killed.
+    let slow = FaultProxy::start(cache.host())
+        .rule(Rule::new("POST", "/blobs/uploads/").respond(Fault::delay_ms(60_000)));
+    tls.push_trusted(
+        &tools,
+        Kind::Single,
+        "killed-literal",
+        &format!("{}/app/lit:t0", tls.host()),
+    );
+    let cache_host = format!("{}:{}", tls.name(), slow.port());
+    let auth_dir = tempfile::tempdir().expect("dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode("writer:cache-s3cret");
+    std::fs::write(
+        auth_dir.path().join("config.json"),
+        serde_json::json!({"auths": {&cache_host: {"auth": auth}}}).to_string(),
+    )
+    .expect("config.json");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = yaml(
+        &cache_host,
+        &[format!("{}/app/lit", tls.host())],
+        &format!("  insecure_registries: [\"{cache_host}\"]\n"),
+    );
+    let run = || {
+        ImageSync::new()
+            .config(&config)
+            .env("DOCKER_CONFIG", auth_dir.path())
+            .env("SSL_CERT_FILE", tls.ca_cert_path())
+            .env("TMPDIR", tmp.path())
+    };
+    let private_dirs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .expect("tmp")
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("image-sync-auth-")
+            })
+            .map(|entry| entry.path())
+            .collect()
+    };
+
+    let literal = format!("127.0.0.1:{}", slow.port());
+    // The runner's working directory (with the config) lives as long as it does.
+    let first_run = run();
+    let mut first = first_run.spawn();
+    wait_until_running(&["crane", "copy", &literal]);
+    assert!(slow.wait_for("POST", "/blobs/uploads/", 1, Duration::from_secs(30)));
+    let written = private_dirs();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].join("config.json").exists());
+    signal(first.id(), Signal::SIGKILL);
+    let _ = first.wait();
+    assert!(wait_until_gone(&["crane", "copy", &literal]).is_empty());
+    assert_eq!(
+        private_dirs(),
+        written,
+        "nothing of a SIGKILLed run removes it"
+    );
+    assert_eq!(tls.counts().manifest_gets, 1, "the killed copy's GET");
+
+    // A directory younger than 2 s may belong to a run still setting it up.
+    std::thread::sleep(Duration::from_millis(2_100));
+    slow.clear_rules();
+    let second = run().run();
+    second.expect_code(0);
+    assert_eq!(second.actions(), ["pulled"]);
+    assert!(
+        second
+            .stderr
+            .contains("removed the private credentials directory a killed run left"),
+        "{}",
+        second.stderr
+    );
+    assert!(private_dirs().is_empty(), "{:?}", private_dirs());
+    assert!(!second.stderr.contains("cache-s3cret") && !second.stdout.contains("cache-s3cret"));
+    assert_eq!(tls.counts().manifest_gets, 2, "one GET per copy");
+
+    // A second SIGTERM exits at once, but removes the directory first.
+    tls.push_trusted(
+        &tools,
+        Kind::Single,
+        "twice-literal",
+        &format!("{}/app/twice:t0", tls.host()),
+    );
+    slow.add_rule(Rule::new("POST", "/blobs/uploads/").respond(Fault::delay_ms(60_000)));
+    let uploads = slow.count("POST", "/blobs/uploads/");
+    let third_run = ImageSync::new()
+        .config(&yaml(
+            &cache_host,
+            &[format!("{}/app/twice", tls.host())],
+            &format!("  insecure_registries: [\"{cache_host}\"]\n"),
+        ))
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .env("SSL_CERT_FILE", tls.ca_cert_path())
+        .env("TMPDIR", tmp.path());
+    let third = third_run.spawn();
+    assert!(slow.wait_for(
+        "POST",
+        "/blobs/uploads/",
+        uploads + 1,
+        Duration::from_secs(30)
+    ));
+    assert_eq!(private_dirs().len(), 1);
+    signal(third.id(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(third.id(), Signal::SIGTERM);
+    let third = outcome(third.wait_with_output().expect("wait"));
+    third.expect_code(143);
+    assert!(third.stderr.contains("second signal"), "{}", third.stderr);
+    assert!(private_dirs().is_empty(), "{:?}", private_dirs());
+    assert!(wait_until_gone(&["crane", "copy", &literal]).is_empty());
+    assert_eq!(tls.counts().manifest_gets, 3, "one GET per copy");
+}

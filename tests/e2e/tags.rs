@@ -228,6 +228,8 @@ fn a_listing_that_fails_fails_its_entry_only() {
         "{error}"
     );
     assert_eq!(outcome.report()["tag_lists"][0]["requests"], 1);
+    // The failed listing cost no pull; the other entry's copy one.
+    assert_eq!(p.upstream.counts().manifest_gets, 1);
 }
 
 #[test]
@@ -295,7 +297,8 @@ fn sigterm_during_a_hung_listing_stops_the_run_at_once() {
 
 /// Issue 18 item 9: tag-rule listings count against the run deadline (its clock starts
 /// with the run), run `check_concurrency` at a time, and none starts past the deadline:
-/// that entry is deferred, like an image. Each listing here takes 1.5 s; `--deadline 2`.
+/// that entry is deferred, like an image. Each listing here takes 2 s; `--deadline 3`
+/// (a second of slack either side).
 #[test]
 fn tag_listings_run_under_the_deadline_and_check_concurrency() {
     let Some(p) = pair() else { return };
@@ -303,7 +306,7 @@ fn tag_listings_run_under_the_deadline_and_check_concurrency() {
     let repos = ["slow/a", "slow/b", "slow/c"];
     image::push_singles(&p.tools, &up, &repos);
     let slow = FaultProxy::start(up.clone())
-        .rule(Rule::new("GET", "/tags/list").respond(Fault::delay_ms(1_500)));
+        .rule(Rule::new("GET", "/tags/list").respond(Fault::delay_ms(2_000)));
     let yaml = |check_concurrency: usize| {
         let mut yaml = format!("cache_registry: \"{}\"\nimages:\n", p.cache.host());
         for repo in repos {
@@ -317,10 +320,10 @@ fn tag_listings_run_under_the_deadline_and_check_concurrency() {
         ));
         yaml
     };
-    // One at a time: the third listing would start at 3 s, past the deadline.
+    // One at a time: the third listing would start at 4 s, past the deadline.
     let serial = ImageSync::new()
         .config(&yaml(1))
-        .args(["--dry-run", "--deadline", "2"])
+        .args(["--dry-run", "--deadline", "3"])
         .run();
     serial.expect_code(0);
     assert_eq!(slow.count("GET", "/tags/list"), 2, "{}", serial.stdout);
@@ -340,7 +343,7 @@ fn tag_listings_run_under_the_deadline_and_check_concurrency() {
     // Three at a time: all three listings start at once, within the deadline.
     let parallel = ImageSync::new()
         .config(&yaml(3))
-        .args(["--dry-run", "--deadline", "2"])
+        .args(["--dry-run", "--deadline", "3"])
         .run();
     parallel.expect_code(0);
     assert_eq!(
