@@ -531,6 +531,8 @@ fn a_basic_auth_cache_reached_by_its_address_gets_its_credentials() {
     let cache_host = format!("{}:{}", tls.name(), cache.port());
     let auth_dir = tempfile::tempdir().expect("dir");
     write_docker_config(auth_dir.path(), &cache_host, "writer", "cache-s3cret");
+    // The run's own temporary directory: other tests' runs keep theirs in the shared one.
+    let run_tmp = tempfile::tempdir().expect("dir");
     let config = yaml(
         &cache_host,
         &[(format!("{}/app/lit", tls.host()), "1")],
@@ -539,6 +541,7 @@ fn a_basic_auth_cache_reached_by_its_address_gets_its_credentials() {
     let run = ImageSync::new()
         .config(&config)
         .env("DOCKER_CONFIG", auth_dir.path())
+        .env("TMPDIR", run_tmp.path())
         .env("SSL_CERT_FILE", tls.ca_cert_path())
         .env("RUST_LOG", "image_sync=debug")
         .run();
@@ -557,7 +560,7 @@ fn a_basic_auth_cache_reached_by_its_address_gets_its_credentials() {
         3,
         "index and two platforms, once"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    let leftovers: Vec<_> = std::fs::read_dir(run_tmp.path())
         .expect("tmp")
         .flatten()
         .filter(|entry| {
