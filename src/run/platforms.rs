@@ -34,8 +34,12 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// Child copies at once (crane's own default for an index).
-const CHILD_COPIES: usize = 4;
+/// Child copies at once: one. Each child is its own crane process, and children often
+/// share blobs (the attestations' config, common layers); two processes uploading the
+/// same blob into one repository of Distribution 2.8 at once make it answer
+/// `DIGEST_INVALID` / `MANIFEST_BLOB_UNKNOWN`, and the retry costs upstream GETs again. One
+/// crane copying a whole index dedupes its blobs itself; separate processes cannot.
+const CHILD_COPIES: usize = 1;
 
 /// An index with the children of the listed platforms only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,7 +414,7 @@ impl Copy<'_> {
         attempted(Err(failure), gets, 0)
     }
 
-    /// Copies each child the cache lacks by digest (crane, else skopeo), a few at once;
+    /// Copies each child the cache lacks by digest (crane, else skopeo), one at a time;
     /// the upstream GETs they spent (counted in the ledger here) and the first failure.
     async fn copy_children(&self, client: &Client, children: &[Digest]) -> (u32, Option<Failure>) {
         let mut missing = Vec::new();
