@@ -336,7 +336,7 @@ async fn record_writes(
                 digest: result
                     .filtered_digest
                     .clone()
-                    .or_else(|| result.remote_digest.clone())?,
+                    .or_else(|| result.remote_digest.as_ref().map(ToString::to_string))?,
             })
         })
         .collect();

@@ -114,11 +114,12 @@ impl fmt::Display for ReferenceError {
 
 impl std::error::Error for ReferenceError {}
 
-/// A repository: a registry host plus a repository path, normalised.
+/// A repository: a registry host plus a repository path, normalised. Cloning shares the
+/// text: the jobs a tag rule selects, and their results, all name one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Repository {
-    host: String,
-    path: String,
+    host: std::sync::Arc<str>,
+    path: std::sync::Arc<str>,
 }
 
 impl Repository {
@@ -159,14 +160,17 @@ impl Repository {
         if full_len > MAX_NAME_LEN {
             return Err(ReferenceError::TooLong(full_len));
         }
-        Ok(Self { host, path })
+        Ok(Self {
+            host: host.into(),
+            path: path.into(),
+        })
     }
 
     /// Builds a repository from parts that were each validated already.
     pub fn new(host: &str, path: &str) -> Self {
         Self {
-            host: host.to_owned(),
-            path: path.to_owned(),
+            host: host.into(),
+            path: path.into(),
         }
     }
 
@@ -229,8 +233,16 @@ impl fmt::Display for Tag {
 }
 
 /// A content digest (`sha256:<64 hex>` or `sha512:<128 hex>`), as a registry reports it.
+/// Shared, not copied, when cloned: every image's result keeps its digests until the
+/// report, and a cached image's two digests are one. Serialised as its text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
+pub struct Digest(std::sync::Arc<str>);
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl Digest {
     /// Parses a digest printed by a tool; `None` when the text is not exactly one digest.
@@ -245,7 +257,7 @@ impl Digest {
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        hex_ok.then(|| Self(format!("{algorithm}:{hex}")))
+        hex_ok.then(|| Self(format!("{algorithm}:{hex}").into()))
     }
 
     /// The sha256 digest of some bytes (a manifest read with `skopeo inspect --raw`).
@@ -253,7 +265,7 @@ impl Digest {
         use sha2::{Digest as _, Sha256};
         let hash = Sha256::digest(bytes);
         let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
-        Self(format!("sha256:{hex}"))
+        Self(format!("sha256:{hex}").into())
     }
 
     /// The digest text.
@@ -632,7 +644,7 @@ mod tests {
     fn digests_are_parsed_strictly() {
         let hex = "a".repeat(64);
         assert_eq!(
-            Digest::parse(&format!("sha256:{hex}\n")).map(|d| d.0),
+            Digest::parse(&format!("sha256:{hex}\n")).map(|d| d.as_str().to_owned()),
             Some(format!("sha256:{hex}"))
         );
         assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());

@@ -48,9 +48,9 @@ pub struct ImageResult {
     /// What happened.
     pub action: Action,
     /// The upstream digest that was checked (and copied), when read.
-    pub remote_digest: Option<String>,
+    pub remote_digest: Option<crate::input::reference::Digest>,
     /// The cache's digest before this run; null when the tag was not cached.
-    pub cached_digest: Option<String>,
+    pub cached_digest: Option<crate::input::reference::Digest>,
     /// Wall time spent on this image.
     pub duration_ms: u64,
     /// One line naming the cause, or null.

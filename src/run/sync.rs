@@ -882,8 +882,12 @@ impl<'a> Outcome<'a> {
             image: self.job.image.clone(),
             tag: self.job.tag.to_string(),
             action,
-            remote_digest: self.remote.as_ref().map(ToString::to_string),
-            cached_digest: self.cached.as_ref().map(ToString::to_string),
+            // The cache's digest, when it is the upstream's, shares its text.
+            cached_digest: match (&self.cached, &self.remote) {
+                (Some(cached), Some(remote)) if cached == remote => Some(remote.clone()),
+                _ => self.cached,
+            },
+            remote_digest: self.remote,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
             tool: self.tool,
