@@ -91,13 +91,6 @@ fn credential_helper(
     (path, docker_dir)
 }
 
-fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = serde_json::json!({"auths": {host: {"auth": auth}}});
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("write config.json");
-}
-
 /// Item 1: Zot v2.1 without `docker2s2` answers a Docker manifest PUT with 415
 /// `MANIFEST_INVALID`. That is final: one copy attempt, one upstream manifest GET, no
 /// skopeo, nothing tagged, and the message says what to change.
@@ -530,7 +523,7 @@ fn a_basic_auth_cache_reached_by_its_address_gets_its_credentials() {
     );
     let cache_host = format!("{}:{}", tls.name(), cache.port());
     let auth_dir = tempfile::tempdir().expect("dir");
-    write_docker_config(auth_dir.path(), &cache_host, "writer", "cache-s3cret");
+    support::write_docker_config(auth_dir.path(), &cache_host, "writer", "cache-s3cret");
     // The run's own temporary directory: other tests' runs keep theirs in the shared one.
     let run_tmp = tempfile::tempdir().expect("dir");
     let config = yaml(
@@ -587,7 +580,7 @@ fn credential_helpers_and_the_registry_auth_file_are_found_like_crane() {
     let cache = Registry::start(&tools);
     let up = upstream.host();
     let dir = tempfile::tempdir().expect("dir");
-    write_docker_config(dir.path(), &up, "reader", "helper-s3cret");
+    support::write_docker_config(dir.path(), &up, "reader", "helper-s3cret");
     let auth_file = dir.path().join("auth.json");
     std::fs::rename(dir.path().join("config.json"), &auth_file).expect("rename");
     image::OciLayout::new(Kind::Single, "helper", 64).push_with_authfile(

@@ -716,7 +716,6 @@ fn a_sigkilled_run_leaves_no_child_behind() {
 /// a run that exits at once on a second SIGTERM removes its own before exiting.
 #[test]
 fn private_credentials_do_not_outlive_a_killed_run() {
-    use base64::Engine as _;
     let Some(tools) = support::tools() else {
         return;
     };
@@ -735,12 +734,7 @@ fn private_credentials_do_not_outlive_a_killed_run() {
     );
     let cache_host = format!("{}:{}", tls.name(), slow.port());
     let auth_dir = tempfile::tempdir().expect("dir");
-    let auth = base64::engine::general_purpose::STANDARD.encode("writer:cache-s3cret");
-    std::fs::write(
-        auth_dir.path().join("config.json"),
-        serde_json::json!({"auths": {&cache_host: {"auth": auth}}}).to_string(),
-    )
-    .expect("config.json");
+    support::write_docker_config(auth_dir.path(), &cache_host, "writer", "cache-s3cret");
     let tmp = tempfile::tempdir().expect("tmp");
     let config = yaml(
         &cache_host,

@@ -1,8 +1,6 @@
 //! The sync path end to end: digest-first checks, copies that keep digests, failures that
 //! stay per image, the skopeo fallback, credentials, timeouts and concurrency.
 
-use std::path::Path;
-
 use std::time::Duration;
 
 use crate::support::fault::{Fault, FaultProxy, Rule};
@@ -338,7 +336,7 @@ fn credentials_come_from_docker_config_and_never_show() {
     let cache = Registry::start(&tools);
     let up = upstream.host();
     let seed_auth = tempfile::tempdir().expect("dir");
-    write_docker_config(seed_auth.path(), &up, user, password);
+    support::write_docker_config(seed_auth.path(), &up, user, password);
     OciLayout::new(Kind::MultiArch, "private", 64).push_with_authfile(
         &tools,
         &format!("{up}/private/app:1"),
@@ -347,7 +345,7 @@ fn credentials_come_from_docker_config_and_never_show() {
 
     let yaml = config(&cache.host(), &[(format!("{up}/private/app"), "1")], "");
     let good = tempfile::tempdir().expect("dir");
-    write_docker_config(good.path(), &up, user, password);
+    support::write_docker_config(good.path(), &up, user, password);
     let run = ImageSync::new()
         .config(&yaml)
         .env("DOCKER_CONFIG", good.path())
@@ -390,7 +388,7 @@ fn credentials_come_from_docker_config_and_never_show() {
     let pulls_before_failures = pulls(&upstream.requests());
     let wrong_password = "wr0ng-secret-value";
     let bad = tempfile::tempdir().expect("dir");
-    write_docker_config(bad.path(), &up, user, wrong_password);
+    support::write_docker_config(bad.path(), &up, user, wrong_password);
     let denied = ImageSync::new()
         .config(&yaml)
         .env("DOCKER_CONFIG", bad.path())
@@ -424,17 +422,6 @@ fn credentials_come_from_docker_config_and_never_show() {
         pulls_before_failures,
         "the wrong and the missing credentials cost no pull"
     );
-}
-
-fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = serde_json::json!({"auths": {host: {"auth": auth}}});
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec(&config).expect("json"),
-    )
-    .expect("write config.json");
 }
 
 #[test]
@@ -649,7 +636,7 @@ fn a_bearer_challenge_is_answered_with_a_token_scoped_to_the_repository() {
             .respond(Fault::status(401).header("WWW-Authenticate", &challenge)),
     );
     let auth_dir = tempfile::tempdir().expect("dir");
-    write_docker_config(auth_dir.path(), &proxy.host(), "bot", "token-secret");
+    support::write_docker_config(auth_dir.path(), &proxy.host(), "bot", "token-secret");
 
     let run = ImageSync::new()
         .config(&config(

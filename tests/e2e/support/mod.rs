@@ -117,3 +117,11 @@ pub fn repo_path(relative: &str) -> PathBuf {
 pub fn repo_file(relative: &str) -> String {
     std::fs::read_to_string(repo_path(relative)).unwrap_or_else(|err| panic!("{relative}: {err}"))
 }
+
+/// Writes DIR/config.json, a Docker config holding USER:PASSWORD for HOST.
+pub fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({"auths": {host: {"auth": auth}}});
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write config.json");
+}
