@@ -164,7 +164,7 @@ pub async fn expand(
             }
         });
         let mut list = TagList {
-            image: template.image.clone(),
+            image: template.image.to_string(),
             rules: selection.rules.describe().to_owned(),
             requests,
             listed: 0,
@@ -174,6 +174,8 @@ pub async fn expand(
         match listed {
             Ok(tags) => {
                 list.listed = tags.len();
+                // One text per rule, shared by the tags it selected.
+                let mut rule_texts: Vec<Arc<str>> = Vec::new();
                 for chosen in select(&selection.rules, &tags) {
                     let key = (template.target.to_string(), chosen.tag.to_string());
                     if !taken.insert(key) {
@@ -181,14 +183,22 @@ pub async fn expand(
                         continue;
                     }
                     list.selected.push(chosen.tag.to_string());
+                    let by = match rule_texts.iter().find(|text| ***text == *chosen.by) {
+                        Some(text) => Arc::clone(text),
+                        None => {
+                            let text: Arc<str> = chosen.by.into();
+                            rule_texts.push(Arc::clone(&text));
+                            text
+                        }
+                    };
                     plan.jobs.push(crate::input::plan::Job {
                         immutable: crate::input::pins::is_immutable(
                             &plan.settings.immutable_tags,
                             chosen.tag.as_str(),
                         ),
                         tag: chosen.tag,
-                        selected_by: Some(chosen.by),
-                        ..template.clone()
+                        selected_by: Some(by),
+                        entry: Arc::clone(&template.entry),
                     });
                 }
                 tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = ?list.selected, "tags selected");
@@ -226,14 +236,11 @@ pub async fn expand(
                         tool: Some(crate::registry::Tool::Builtin),
                         attempts: 1,
                         check_gets: 0,
-                        tag_moved: None,
-                        upstream_digest: None,
+
                         skipped_check: None,
-                        selected_by: Some(format!("rules: {}", list.rules)),
-                        referrers: None,
+                        selected_by: Some(format!("rules: {}", list.rules).into()),
                         failure: failure.map(Box::new),
-                        filtered_digest: None,
-                        platforms: None,
+                        details: None,
                     },
                 ));
             }
