@@ -236,7 +236,7 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
                     (
                         vec![
                             ("image".to_owned(), result.image.to_string()),
-                            ("tag".to_owned(), result.tag.clone()),
+                            ("tag".to_owned(), result.tag.to_string()),
                         ],
                         f64::from(u8::from(moved)),
                     )

@@ -44,8 +44,9 @@ pub struct ImageResult {
     /// `source` as written in the config (shared with the entry's other tags).
     #[serde(serialize_with = "shared_text")]
     pub image: std::sync::Arc<str>,
-    /// `tag` as written in the config.
-    pub tag: String,
+    /// `tag` as written in the config (shared with the image's job).
+    #[serde(serialize_with = "shared_text")]
+    pub tag: std::sync::Arc<str>,
     /// What happened.
     pub action: Action,
     /// The upstream digest that was checked (and copied), when read.
@@ -193,7 +194,7 @@ pub struct TagList {
     /// Tags the upstream listed.
     pub listed: usize,
     /// The tags selected, highest first, then the `include`s.
-    pub selected: Vec<String>,
+    pub selected: Vec<crate::input::reference::Tag>,
     /// Why the listing failed, or null.
     pub error: Option<String>,
 }
@@ -392,7 +393,7 @@ mod tests {
     fn an_image_result_stays_small_as_every_one_is_kept_until_the_report() {
         // 100,000 images keep 100,000 results: a field added inline costs that many times.
         assert!(
-            std::mem::size_of::<ImageResult>() <= 160,
+            std::mem::size_of::<ImageResult>() <= 144,
             "{}",
             std::mem::size_of::<ImageResult>()
         );

@@ -880,7 +880,7 @@ impl<'a> Outcome<'a> {
     fn into_result(self, action: Action, error: Option<String>) -> ImageResult {
         ImageResult {
             image: self.job.image.clone(),
-            tag: self.job.tag.to_string(),
+            tag: self.job.tag.shared(),
             action,
             // The cache's digest, when it is the upstream's, shares its text.
             cached_digest: match (&self.cached, &self.remote) {
