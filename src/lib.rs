@@ -334,8 +334,8 @@ async fn record_writes(
                 repository: job.target.path().to_owned(),
                 tag: job.tag.to_string(),
                 digest: result
-                    .filtered_digest
-                    .clone()
+                    .filtered_digest()
+                    .map(str::to_owned)
                     .or_else(|| result.remote_digest.as_ref().map(ToString::to_string))?,
             })
         })

@@ -50,17 +50,38 @@ pub struct Plan {
     pub settings: Settings,
 }
 
-/// One image to keep cached.
+/// One image to keep cached: its tag and what depends on it, the rest shared with every
+/// other tag of its config entry (`Job` derefs to [`Entry`]: `job.source`). Every job is
+/// kept until the report, so a job is small: a 100,000-image run holds 100,000 of them.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// What every tag of the config entry shares.
+    pub entry: std::sync::Arc<Entry>,
+    /// The tag to sync.
+    pub tag: Tag,
+    /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
+    pub immutable: bool,
+    /// For a tag chosen by tag rules: which rule selected it (shared by the tags it chose).
+    pub selected_by: Option<std::sync::Arc<str>>,
+}
+
+impl std::ops::Deref for Job {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+/// What the jobs of one config entry share.
+#[derive(Debug)]
+pub struct Entry {
     /// Position in the config, from 0.
     pub index: usize,
     /// `source` exactly as written (the report echoes it).
-    pub image: String,
+    pub image: std::sync::Arc<str>,
     /// The upstream repository, normalised.
     pub source: Repository,
-    /// The tag to sync.
-    pub tag: Tag,
     /// Where the image lands in the cache.
     pub target: Repository,
     /// Also sync its signatures, attestations and SBOMs (`referrers`, per image or in
@@ -70,10 +91,6 @@ pub struct Job {
     pub pin: Option<crate::input::reference::Digest>,
     /// For a pinned image: HEAD the upstream tag to notice when it moves.
     pub watch_tag: bool,
-    /// The tag matches `settings.immutable_tags`: when cached, not checked upstream.
-    pub immutable: bool,
-    /// For a tag chosen by tag rules: which rule selected it.
-    pub selected_by: Option<String>,
     /// The platforms to cache of a multi-arch image (`None`: every platform).
     pub platforms: crate::input::platforms::Filter,
 }
@@ -240,18 +257,20 @@ pub fn resolve(raw: RawConfig, config_path: &Path) -> Result<Plan, PlanError> {
         });
         let Some(job) = resolved.map(|(source, tag, target)| Job {
             immutable: crate::input::pins::is_immutable(&immutable, tag.as_str()),
-            index,
-            image: image.source.clone(),
-            source,
             tag,
-            target,
-            referrers: image
-                .referrers
-                .unwrap_or(raw.settings.referrers.unwrap_or(false)),
-            pin,
-            watch_tag: image.watch_tag.unwrap_or(true),
             selected_by: None,
-            platforms: platforms.clone(),
+            entry: std::sync::Arc::new(Entry {
+                index,
+                image: image.source.as_str().into(),
+                source,
+                target,
+                referrers: image
+                    .referrers
+                    .unwrap_or(raw.settings.referrers.unwrap_or(false)),
+                pin,
+                watch_tag: image.watch_tag.unwrap_or(true),
+                platforms: platforms.clone(),
+            }),
         }) else {
             continue;
         };
@@ -647,7 +666,7 @@ mod tests {
                 "cache:5000/mirror/redis:7"
             ]
         );
-        assert_eq!(plan.jobs[0].image, "nginx");
+        assert_eq!(&*plan.jobs[0].image, "nginx");
         assert_eq!(plan.settings.concurrency, 2);
         assert_eq!(plan.settings.check_concurrency, 8);
         assert_eq!(plan.settings.retries, 2);
@@ -817,5 +836,15 @@ mod tests {
         ));
         assert!(found[0].len() < 400, "{}", found[0]);
         assert!(found[0].contains("x\\n--rm"), "{}", found[0]);
+    }
+
+    #[test]
+    fn a_job_stays_small_as_every_one_is_kept_until_the_report() {
+        // 100,000 images keep 100,000 jobs: what the tags of an entry share is shared.
+        assert!(
+            std::mem::size_of::<Job>() <= 64,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
     }
 }

@@ -201,9 +201,10 @@ impl fmt::Display for Repository {
     }
 }
 
-/// A validated tag.
+/// A validated tag. Shared, not copied, when cloned: an image's job and its result both
+/// keep it until the report.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(String);
+pub struct Tag(std::sync::Arc<str>);
 
 impl Tag {
     /// Validates a tag against `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
@@ -217,12 +218,23 @@ impl Tag {
         if !first_ok || !rest_ok || raw.len() > MAX_TAG_LEN {
             return Err(ReferenceError::BadTag);
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     /// The tag text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The tag text, shared.
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.0)
+    }
+}
+
+impl serde::Serialize for Tag {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -341,11 +353,7 @@ impl ImageRef {
         if self.digest.is_some() {
             return None;
         }
-        Some(
-            self.tag
-                .clone()
-                .unwrap_or_else(|| Tag(DEFAULT_TAG.to_owned())),
-        )
+        Some(self.tag.clone().unwrap_or_else(|| Tag(DEFAULT_TAG.into())))
     }
 
     /// The digest, if the reference has one.
@@ -709,7 +717,7 @@ mod tests {
             ImageRef::parse("app")
                 .expect("valid")
                 .pulled_tag()
-                .map(|t| t.0),
+                .map(|t| t.as_str().to_owned()),
             Some("latest".to_owned())
         );
     }

@@ -143,17 +143,19 @@ mod tests {
     fn job(index: usize, source: &str, tag: &str) -> Job {
         let source = Repository::parse_source(source).expect("source");
         Job {
-            index,
-            image: source.to_string(),
-            target: Repository::new("cache:5000", source.path()),
             tag: Tag::parse(tag).expect("tag"),
-            source,
-            pin: None,
-            watch_tag: true,
             immutable: false,
             selected_by: None,
-            referrers: false,
-            platforms: None,
+            entry: std::sync::Arc::new(crate::input::plan::Entry {
+                index,
+                image: source.to_string().into(),
+                target: Repository::new("cache:5000", source.path()),
+                source,
+                pin: None,
+                watch_tag: true,
+                referrers: false,
+                platforms: None,
+            }),
         }
     }
 

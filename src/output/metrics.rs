@@ -232,11 +232,11 @@ pub fn render(figures: &RunFigures<'_>, with_success: bool) -> String {
             .results
             .iter()
             .filter_map(|result| {
-                result.tag_moved.map(|moved| {
+                result.tag_moved().map(|moved| {
                     (
                         vec![
-                            ("image".to_owned(), result.image.clone()),
-                            ("tag".to_owned(), result.tag.clone()),
+                            ("image".to_owned(), result.image.to_string()),
+                            ("tag".to_owned(), result.tag.to_string()),
                         ],
                         f64::from(u8::from(moved)),
                     )
@@ -409,14 +409,11 @@ mod tests {
             tool: None,
             attempts: 1,
             check_gets: 0,
-            referrers: None,
-            tag_moved: None,
-            upstream_digest: None,
+
             skipped_check: None,
             selected_by: None,
             failure: failure.map(Box::new),
-            filtered_digest: None,
-            platforms: None,
+            details: None,
         };
         let missing =
             Failure::new(Class::ManifestUnknown, "nginx:1").on(Side::Upstream, Some("docker.io"));

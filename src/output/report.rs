@@ -41,10 +41,12 @@ impl Action {
 /// One line of `results`, in config order.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageResult {
-    /// `source` as written in the config.
-    pub image: String,
-    /// `tag` as written in the config.
-    pub tag: String,
+    /// `source` as written in the config (shared with the entry's other tags).
+    #[serde(serialize_with = "shared_text")]
+    pub image: std::sync::Arc<str>,
+    /// `tag` as written in the config (shared with the image's job).
+    #[serde(serialize_with = "shared_text")]
+    pub tag: std::sync::Arc<str>,
     /// What happened.
     pub action: Action,
     /// The upstream digest that was checked (and copied), when read.
@@ -63,6 +65,32 @@ pub struct ImageResult {
     /// Manifest GETs the upstream digest checks sent (each a pull on Docker Hub): 0
     /// while HEAD answers with a digest. Copies are not counted here.
     pub check_gets: u32,
+    /// What only some images have (referrers, a watched pin, a platform filter), out of
+    /// line: most results have none of it, and every result is kept until the report.
+    /// Its fields are written in the result itself (flattened).
+    #[serde(flatten)]
+    pub details: Option<Box<Details>>,
+    /// Decided without an upstream request: `immutable` (a cached tag matching
+    /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_check: Option<crate::input::pins::SkippedCheck>,
+    /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared_text_or_null"
+    )]
+    pub selected_by: Option<std::sync::Arc<str>>,
+    /// The typed failure of a failed image (class, side, host): the metrics count failed
+    /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    /// Boxed: most images do not fail, and every result is kept until the report.
+    #[serde(skip)]
+    pub failure: Option<Box<crate::registry::Failure>>,
+}
+
+/// The fields of an [`ImageResult`] that only some images have, each absent from the
+/// report when unset.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Details {
     /// Signatures, attestations and SBOMs brought up to date (`referrers: true` only;
     /// absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,18 +102,6 @@ pub struct ImageResult {
     /// A pinned image whose tag was watched: the upstream tag's digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_digest: Option<String>,
-    /// Decided without an upstream request: `immutable` (a cached tag matching
-    /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped_check: Option<crate::input::pins::SkippedCheck>,
-    /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub selected_by: Option<String>,
-    /// The typed failure of a failed image (class, side, host): the metrics count failed
-    /// images by it. Not in the JSON report, whose `error` line names the same cause.
-    /// Boxed: most images do not fail, and every result is kept until the report.
-    #[serde(skip)]
-    pub failure: Option<Box<crate::registry::Failure>>,
     /// A platform filter applies (`platforms`) and left out platforms: the digest of the
     /// index in the cache, which differs from `remote_digest`. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +110,64 @@ pub struct ImageResult {
     /// without a filter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platforms: Option<Vec<String>>,
+}
+
+impl Details {
+    /// The details of a result, `None` (no allocation) when it has none.
+    pub fn of(
+        referrers: Option<ReferrerCounts>,
+        tag_moved: Option<bool>,
+        upstream: Option<&crate::input::reference::Digest>,
+        filtered: Option<&crate::input::reference::Digest>,
+        platforms: Option<Vec<String>>,
+    ) -> Option<Box<Self>> {
+        let details = Self {
+            referrers,
+            tag_moved,
+            upstream_digest: upstream.map(ToString::to_string),
+            filtered_digest: filtered.map(ToString::to_string),
+            platforms,
+        };
+        let none = details.referrers.is_none()
+            && details.tag_moved.is_none()
+            && details.upstream_digest.is_none()
+            && details.filtered_digest.is_none()
+            && details.platforms.is_none();
+        (!none).then(|| Box::new(details))
+    }
+}
+
+impl ImageResult {
+    /// A pinned image whose tag was watched: whether the upstream tag left the pin.
+    pub fn tag_moved(&self) -> Option<bool> {
+        self.details.as_ref().and_then(|details| details.tag_moved)
+    }
+
+    /// With a platform filter that left out platforms: the filtered index's digest.
+    pub fn filtered_digest(&self) -> Option<&str> {
+        self.details
+            .as_ref()
+            .and_then(|details| details.filtered_digest.as_deref())
+    }
+}
+
+/// A text shared by several results, written as a string.
+fn shared_text<S: serde::Serializer>(
+    text: &std::sync::Arc<str>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text)
+}
+
+/// An optional shared text, written as a string or null.
+fn shared_text_or_null<S: serde::Serializer>(
+    text: &Option<std::sync::Arc<str>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => serializer.serialize_str(text),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Per image, in the report: what happened to its signature, attestation, SBOM and
@@ -120,7 +194,7 @@ pub struct TagList {
     /// Tags the upstream listed.
     pub listed: usize,
     /// The tags selected, highest first, then the `include`s.
-    pub selected: Vec<String>,
+    pub selected: Vec<crate::input::reference::Tag>,
     /// Why the listing failed, or null.
     pub error: Option<String>,
 }
@@ -265,14 +339,10 @@ mod tests {
             tool: Some(Tool::Crane),
             attempts: 1,
             check_gets: 0,
-            referrers: None,
-            tag_moved: None,
-            upstream_digest: None,
             skipped_check: None,
             selected_by: None,
             failure: None,
-            filtered_digest: None,
-            platforms: None,
+            details: None,
         }
     }
 
@@ -323,7 +393,7 @@ mod tests {
     fn an_image_result_stays_small_as_every_one_is_kept_until_the_report() {
         // 100,000 images keep 100,000 results: a field added inline costs that many times.
         assert!(
-            std::mem::size_of::<ImageResult>() <= 280,
+            std::mem::size_of::<ImageResult>() <= 144,
             "{}",
             std::mem::size_of::<ImageResult>()
         );

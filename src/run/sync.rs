@@ -18,7 +18,7 @@ use crate::input::pins::{self, SkippedCheck};
 use crate::input::plan::{Job, Plan, Settings};
 use crate::input::reference::{Digest, Repository, Tag};
 use crate::output::report::ReferrerCounts;
-use crate::output::report::{Action, ImageResult};
+use crate::output::report::{Action, Details, ImageResult};
 use crate::process::Cancel;
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::run::breaker::Breakers;
@@ -880,7 +880,7 @@ impl<'a> Outcome<'a> {
     fn into_result(self, action: Action, error: Option<String>) -> ImageResult {
         ImageResult {
             image: self.job.image.clone(),
-            tag: self.job.tag.to_string(),
+            tag: self.job.tag.shared(),
             action,
             // The cache's digest, when it is the upstream's, shares its text.
             cached_digest: match (&self.cached, &self.remote) {
@@ -893,14 +893,16 @@ impl<'a> Outcome<'a> {
             tool: self.tool,
             attempts: self.attempts,
             check_gets: self.check_gets,
-            referrers: self.referrers,
-            tag_moved: self.tag_moved,
-            upstream_digest: self.upstream.as_ref().map(ToString::to_string),
+            details: Details::of(
+                self.referrers,
+                self.tag_moved,
+                self.upstream.as_ref(),
+                self.filtered.as_ref(),
+                self.platforms,
+            ),
             skipped_check: self.skipped_check,
             selected_by: self.job.selected_by.clone(),
             failure: None,
-            filtered_digest: self.filtered.as_ref().map(ToString::to_string),
-            platforms: self.platforms,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::input::reference::{Repository, Tag};
 use crate::input::tag_rules::select;
 use crate::output::report::TagList;
 use crate::registry::{Class, Failure, Toolbox};
@@ -141,10 +142,11 @@ pub async fn expand(
     let mut lists = Vec::new();
     let mut failed = Vec::new();
     let selections = std::mem::take(&mut plan.selections);
-    let mut taken: std::collections::HashSet<(String, String)> = plan
+    // Shared texts, not copies: 100,000 selected tags make 100,000 keys.
+    let mut taken: std::collections::HashSet<(Repository, Tag)> = plan
         .jobs
         .iter()
-        .map(|job| (job.target.to_string(), job.tag.to_string()))
+        .map(|job| (job.target.clone(), job.tag.clone()))
         .collect();
     let mut listings = list_all(plan, &selections, toolbox, cancel, limits).await;
     for (position, selection) in selections.iter().enumerate() {
@@ -164,7 +166,7 @@ pub async fn expand(
             }
         });
         let mut list = TagList {
-            image: template.image.clone(),
+            image: template.image.to_string(),
             rules: selection.rules.describe().to_owned(),
             requests,
             listed: 0,
@@ -174,24 +176,34 @@ pub async fn expand(
         match listed {
             Ok(tags) => {
                 list.listed = tags.len();
+                // One text per rule, shared by the tags it selected.
+                let mut rule_texts: Vec<Arc<str>> = Vec::new();
                 for chosen in select(&selection.rules, &tags) {
-                    let key = (template.target.to_string(), chosen.tag.to_string());
+                    let key = (template.target.clone(), chosen.tag.clone());
                     if !taken.insert(key) {
                         tracing::warn!(image = %template.image, tag = %chosen.tag, "selected by tag rules, but another entry already syncs this tag to the same cache image; left to that entry");
                         continue;
                     }
-                    list.selected.push(chosen.tag.to_string());
+                    list.selected.push(chosen.tag.clone());
+                    let by = match rule_texts.iter().find(|text| ***text == *chosen.by) {
+                        Some(text) => Arc::clone(text),
+                        None => {
+                            let text: Arc<str> = chosen.by.into();
+                            rule_texts.push(Arc::clone(&text));
+                            text
+                        }
+                    };
                     plan.jobs.push(crate::input::plan::Job {
                         immutable: crate::input::pins::is_immutable(
                             &plan.settings.immutable_tags,
                             chosen.tag.as_str(),
                         ),
                         tag: chosen.tag,
-                        selected_by: Some(chosen.by),
-                        ..template.clone()
+                        selected_by: Some(by),
+                        entry: Arc::clone(&template.entry),
                     });
                 }
-                tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = ?list.selected, "tags selected");
+                tracing::info!(image = %template.image, rules = %list.rules, requests, listed = list.listed, selected = %TagsText(&list.selected), "tags selected");
             }
             Err(not_listed) => {
                 let (action, error, failure) = match not_listed {
@@ -217,7 +229,7 @@ pub async fn expand(
                     template.index,
                     crate::output::report::ImageResult {
                         image: template.image.clone(),
-                        tag: String::new(),
+                        tag: "".into(),
                         action,
                         remote_digest: None,
                         cached_digest: None,
@@ -226,14 +238,11 @@ pub async fn expand(
                         tool: Some(crate::registry::Tool::Builtin),
                         attempts: 1,
                         check_gets: 0,
-                        tag_moved: None,
-                        upstream_digest: None,
+
                         skipped_check: None,
-                        selected_by: Some(format!("rules: {}", list.rules)),
-                        referrers: None,
+                        selected_by: Some(format!("rules: {}", list.rules).into()),
                         failure: failure.map(Box::new),
-                        filtered_digest: None,
-                        platforms: None,
+                        details: None,
                     },
                 ));
             }
@@ -244,6 +253,22 @@ pub async fn expand(
     // Config order; within an entry, the selection's order (the sort is stable).
     plan.jobs.sort_by_key(|job| job.index);
     (lists, failed)
+}
+
+/// Selected tags in a log line: `[a, b]`, without copying them.
+struct TagsText<'a>(&'a [crate::input::reference::Tag]);
+
+impl std::fmt::Display for TagsText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[")?;
+        for (position, tag) in self.0.iter().enumerate() {
+            if position > 0 {
+                f.write_str(", ")?;
+            }
+            std::fmt::Display::fmt(tag, f)?;
+        }
+        f.write_str("]")
+    }
 }
 
 /// The results of the synced jobs (in `plan.jobs` order) with the failed listings put in
