@@ -240,16 +240,7 @@ async fn contents(
     repository: &Repository,
     budget: Duration,
 ) -> Result<Contents, Failure> {
-    let listed = client
-        .list_tags_on(repository, Side::Cache, 1000, budget)
-        .await;
-    let tags = match listed.tags {
-        Ok(tags) => tags,
-        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
-            return Ok(Contents::default());
-        }
-        Err(failure) => return Err(failure),
-    };
+    let tags = records::cache_tags(client, repository, budget).await?;
     let mut contents = Contents::default();
     for tag in tags {
         let Some(head) = client

@@ -659,18 +659,7 @@ async fn copy_and_verify(
         };
         return outcome.failed(copied.tool, &failure);
     }
-    let mut tally = Tally::default();
-    let verified = context
-        .step(&[job.target.host()], true, &mut tally, |_| {
-            toolbox.verify(
-                &job.target,
-                &job.tag,
-                context.settings.check_timeout,
-                &context.cancel,
-            )
-        })
-        .await;
-    outcome.attempts += tally.extra;
+    let verified = verify_written(job, context, &mut outcome).await;
     // Every child of an index was one GET upstream; the copy in the cache lists them.
     settle(verified.children.or(copied.children).unwrap_or_default());
     let drift = match verified.outcome {
@@ -682,10 +671,7 @@ async fn copy_and_verify(
             ),
         )),
         Err(failure) if failure.class == Class::DigestDrift => Some(failure),
-        Err(failure) => Some(Failure {
-            message: format!("cannot verify the copy: {}", failure.message),
-            ..failure
-        }),
+        Err(failure) => Some(unverified(failure)),
     };
     // Referrer copies take permits of their own.
     drop(permit);
@@ -705,18 +691,7 @@ async fn verify_filtered(
     done: platforms::Copied,
     permit: OwnedSemaphorePermit,
 ) -> ImageResult {
-    let mut tally = Tally::default();
-    let verified = context
-        .step(&[job.target.host()], true, &mut tally, |_| {
-            context.toolbox.verify(
-                &job.target,
-                &job.tag,
-                context.settings.check_timeout,
-                &context.cancel,
-            )
-        })
-        .await;
-    outcome.attempts += tally.extra;
+    let verified = verify_written(job, context, &mut outcome).await;
     drop(permit);
     outcome.platforms = Some(done.kept);
     outcome.children = done.children;
@@ -738,13 +713,36 @@ async fn verify_filtered(
             )
             .on(Side::Cache, Some(job.target.host())),
         ),
-        Err(failure) => outcome.failed(
-            verified.tool,
-            &Failure {
-                message: format!("cannot verify the copy: {}", failure.message),
-                ..failure
-            },
-        ),
+        Err(failure) => outcome.failed(verified.tool, &unverified(failure)),
+    }
+}
+
+/// What the cache's tag holds after a write (a free cache request, retried as a step).
+async fn verify_written(
+    job: &Job,
+    context: &Context,
+    outcome: &mut Outcome<'_>,
+) -> Attempted<Digest> {
+    let mut tally = Tally::default();
+    let verified = context
+        .step(&[job.target.host()], true, &mut tally, |_| {
+            context.toolbox.verify(
+                &job.target,
+                &job.tag,
+                context.settings.check_timeout,
+                &context.cancel,
+            )
+        })
+        .await;
+    outcome.attempts += tally.extra;
+    verified
+}
+
+/// A write whose result could not be read back.
+fn unverified(failure: Failure) -> Failure {
+    Failure {
+        message: format!("cannot verify the copy: {}", failure.message),
+        ..failure
     }
 }
 

@@ -270,22 +270,32 @@ pub async fn replace(
     Ok(tag)
 }
 
+/// Every tag of a cache repository (free requests); none when the repository does not
+/// exist yet.
+pub async fn cache_tags(
+    client: &Client,
+    repository: &Repository,
+    budget: Duration,
+) -> Result<Vec<String>, Failure> {
+    let listed = client
+        .list_tags_on(repository, Side::Cache, 1000, budget)
+        .await;
+    match listed.tags {
+        Ok(tags) => Ok(tags),
+        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
+            Ok(Vec::new())
+        }
+        Err(failure) => Err(failure),
+    }
+}
+
 /// Reads every record (none when the repository does not exist yet).
 pub async fn read(
     client: &Client,
     records: &Repository,
     budget: Duration,
 ) -> Result<Vec<Record>, Failure> {
-    let listed = client
-        .list_tags_on(records, Side::Cache, 1000, budget)
-        .await;
-    let tags = match listed.tags {
-        Ok(tags) => tags,
-        Err(failure) if matches!(failure.class, Class::ManifestUnknown | Class::NameUnknown) => {
-            return Ok(Vec::new());
-        }
-        Err(failure) => return Err(failure),
-    };
+    let tags = cache_tags(client, records, budget).await?;
     let mut read = Vec::new();
     for tag in tags {
         let Some(fetched) = client
