@@ -335,8 +335,8 @@ async fn record_writes(
                 tag: job.tag.to_string(),
                 digest: result
                     .filtered_digest()
-                    .map(str::to_owned)
-                    .or_else(|| result.remote_digest.as_ref().map(ToString::to_string))?,
+                    .or_else(|| result.digests.remote())?
+                    .to_string(),
             })
         })
         .collect();

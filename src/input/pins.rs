@@ -63,7 +63,7 @@ pub fn is_immutable(patterns: &[Regex], tag: &str) -> bool {
 /// `images[].digest`: a `sha256:<64 hex>` or `sha512:<128 hex>` digest.
 pub fn parse_pin(raw: &str) -> Result<Digest, String> {
     match Digest::parse(raw) {
-        Some(digest) if digest.as_str() == raw => Ok(digest),
+        Some(digest) if *digest.text() == *raw => Ok(digest),
         _ => Err(format!(
             "`{}` is not a digest; write `sha256:` and 64 lowercase hex digits (the `Docker-Content-Digest` or `crane digest` of the image)",
             shorten(raw)

@@ -245,50 +245,115 @@ impl fmt::Display for Tag {
 }
 
 /// A content digest (`sha256:<64 hex>` or `sha512:<128 hex>`), as a registry reports it.
-/// Shared, not copied, when cloned: every image's result keeps its digests until the
-/// report, and a cached image's two digests are one. Serialised as its text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(std::sync::Arc<str>);
+/// Kept as its raw bytes, in line for sha256: every image's result keeps its digests until
+/// the report, so a digest costs 40 bytes and no allocation (its text took 16 bytes plus
+/// 96 on the heap, scattered among each request's short-lived buffers). Ordered, hashed
+/// and compared as its text is; serialised as its text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(DigestBytes);
+
+/// The hash of a [`Digest`]; the variant order is the text's (`sha256` < `sha512`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum DigestBytes {
+    Sha256([u8; 32]),
+    /// Rare: boxed, so that a sha256 digest is not sized for it.
+    Sha512(Box<[u8; 64]>),
+}
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(&self.text())
     }
 }
 
 impl Digest {
-    /// Parses a digest printed by a tool; `None` when the text is not exactly one digest.
+    /// Parses a digest printed by a tool; `None` when the text is not exactly one digest
+    /// (lower-case hex only, as the OCI spec writes it).
     pub fn parse(raw: &str) -> Option<Self> {
         let (algorithm, hex) = raw.trim().split_once(':')?;
-        let expected_len = match algorithm {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => return None,
-        };
-        let hex_ok = hex.len() == expected_len
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        hex_ok.then(|| Self(format!("{algorithm}:{hex}").into()))
+        match algorithm {
+            "sha256" => Some(Self(DigestBytes::Sha256(decode_hex(hex)?))),
+            "sha512" => Some(Self(DigestBytes::Sha512(Box::new(decode_hex(hex)?)))),
+            _ => None,
+        }
     }
 
     /// The sha256 digest of some bytes (a manifest read with `skopeo inspect --raw`).
     pub fn of_bytes(bytes: &[u8]) -> Self {
         use sha2::{Digest as _, Sha256};
-        let hash = Sha256::digest(bytes);
-        let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
-        Self(format!("sha256:{hex}").into())
+        Self(DigestBytes::Sha256(Sha256::digest(bytes).into()))
     }
 
-    /// The digest text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The digest text (`sha256:...`), built on the stack.
+    pub fn text(&self) -> DigestText {
+        let (algorithm, bytes): (&[u8], &[u8]) = match &self.0 {
+            DigestBytes::Sha256(bytes) => (b"sha256:", bytes),
+            DigestBytes::Sha512(bytes) => (b"sha512:", &bytes[..]),
+        };
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = DigestText {
+            buf: [0; DigestText::CAPACITY],
+            len: algorithm.len() + 2 * bytes.len(),
+        };
+        text.buf[..algorithm.len()].copy_from_slice(algorithm);
+        for (i, byte) in bytes.iter().enumerate() {
+            let at = algorithm.len() + 2 * i;
+            text.buf[at] = HEX[usize::from(byte >> 4)];
+            text.buf[at + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        text
+    }
+}
+
+/// `N` bytes from exactly `2 * N` lower-case hex digits.
+fn decode_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    let hex = hex.as_bytes();
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let mut bytes = [0; N];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(bytes)
+}
+
+/// A digest's text on the stack (see [`Digest::text`]); derefs to `str`.
+pub struct DigestText {
+    buf: [u8; Self::CAPACITY],
+    len: usize,
+}
+
+impl DigestText {
+    /// `sha512:` and 128 hex digits.
+    const CAPACITY: usize = 7 + 128;
+}
+
+impl std::ops::Deref for DigestText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII is ever written into `buf`.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Digest").field(&&*self.text()).finish()
     }
 }
 
@@ -652,7 +717,7 @@ mod tests {
     fn digests_are_parsed_strictly() {
         let hex = "a".repeat(64);
         assert_eq!(
-            Digest::parse(&format!("sha256:{hex}\n")).map(|d| d.as_str().to_owned()),
+            Digest::parse(&format!("sha256:{hex}\n")).map(|d| d.to_string()),
             Some(format!("sha256:{hex}"))
         );
         assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());
@@ -660,7 +725,7 @@ mod tests {
         assert!(Digest::parse("md5:abc").is_none());
         assert!(Digest::parse("Error: boom").is_none());
         assert_eq!(
-            Digest::of_bytes(b"").as_str(),
+            &*Digest::of_bytes(b"").text(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

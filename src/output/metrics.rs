@@ -76,16 +76,13 @@ fn failures(report: &Report) -> Vec<(Labels, f64)> {
         if result.action != Action::Failed {
             continue;
         }
-        let key = result
-            .failure
-            .as_ref()
-            .map_or(("other", "", ""), |failure| {
-                (
-                    failure.class.label(),
-                    failure.side.map_or("", Side::as_str),
-                    failure.host.as_deref().unwrap_or(""),
-                )
-            });
+        let key = result.failure().map_or(("other", "", ""), |failure| {
+            (
+                failure.class.label(),
+                failure.side.map_or("", Side::as_str),
+                failure.host.as_deref().unwrap_or(""),
+            )
+        });
         *counts.entry(key).or_default() += 1;
     }
     counts
@@ -402,18 +399,15 @@ mod tests {
             image: "nginx".into(),
             tag: "1".into(),
             action: Action::Failed,
-            remote_digest: None,
-            cached_digest: None,
+            digests: crate::output::report::Digests::Unknown,
             duration_ms: 1,
-            error: Some("failed".into()),
             tool: None,
             attempts: 1,
             check_gets: 0,
 
             skipped_check: None,
             selected_by: None,
-            failure: failure.map(Box::new),
-            details: None,
+            details: crate::output::report::Details::error("failed".into(), failure),
         };
         let missing =
             Failure::new(Class::ManifestUnknown, "nginx:1").on(Side::Upstream, Some("docker.io"));

@@ -38,25 +38,24 @@ impl Action {
     }
 }
 
-/// One line of `results`, in config order.
-#[derive(Debug, Clone, Serialize)]
+/// One line of `results`, in config order. Every result is kept until the report (100,000
+/// images keep 100,000 of them), so a result is small: texts shared with its job, its two
+/// digests kept once when they are the same, and what only some images have (an error,
+/// referrers, a watched pin, a platform filter) out of line. Serialised by hand, field by
+/// field in the report's order (see the `Serialize` impl below).
+#[derive(Debug, Clone)]
 pub struct ImageResult {
     /// `source` as written in the config (shared with the entry's other tags).
-    #[serde(serialize_with = "shared_text")]
     pub image: std::sync::Arc<str>,
     /// `tag` as written in the config (shared with the image's job).
-    #[serde(serialize_with = "shared_text")]
     pub tag: std::sync::Arc<str>,
     /// What happened.
     pub action: Action,
-    /// The upstream digest that was checked (and copied), when read.
-    pub remote_digest: Option<crate::input::reference::Digest>,
-    /// The cache's digest before this run; null when the tag was not cached.
-    pub cached_digest: Option<crate::input::reference::Digest>,
+    /// `remote_digest`, the upstream digest that was checked (and copied), when read, and
+    /// `cached_digest`, the cache's digest before this run (null when the tag was not cached).
+    pub digests: Digests,
     /// Wall time spent on this image.
     pub duration_ms: u64,
-    /// One line naming the cause, or null.
-    pub error: Option<String>,
     /// The tool that did the work (the copy, else the last check), or null.
     pub tool: Option<Tool>,
     /// Tool attempts of the steps, counting retries and fallbacks to another tool: 1
@@ -65,108 +64,179 @@ pub struct ImageResult {
     /// Manifest GETs the upstream digest checks sent (each a pull on Docker Hub): 0
     /// while HEAD answers with a digest. Copies are not counted here.
     pub check_gets: u32,
-    /// What only some images have (referrers, a watched pin, a platform filter), out of
-    /// line: most results have none of it, and every result is kept until the report.
-    /// Its fields are written in the result itself (flattened).
-    #[serde(flatten)]
-    pub details: Option<Box<Details>>,
     /// Decided without an upstream request: `immutable` (a cached tag matching
     /// `settings.immutable_tags`) or `pinned` (`watch_tag: false`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_check: Option<crate::input::pins::SkippedCheck>,
     /// A tag chosen by tag rules: `include`, or `rules: ...` as written.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "shared_text_or_null"
-    )]
     pub selected_by: Option<std::sync::Arc<str>>,
-    /// The typed failure of a failed image (class, side, host): the metrics count failed
-    /// images by it. Not in the JSON report, whose `error` line names the same cause.
-    /// Boxed: most images do not fail, and every result is kept until the report.
-    #[serde(skip)]
-    pub failure: Option<Box<crate::registry::Failure>>,
+    /// What only some images have, out of line: most results have none of it.
+    pub details: Option<Box<Details>>,
+}
+
+/// A result's two digests: the upstream's and the cache's before the run. In a run where
+/// little changes they are mostly one digest, kept once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Digests {
+    /// Neither was read.
+    #[default]
+    Unknown,
+    /// The cache already held the upstream's digest.
+    Same(crate::input::reference::Digest),
+    /// Different digests, or only one of them known (`cached` is `None` for a tag the
+    /// cache did not hold).
+    Differ {
+        /// The upstream's digest.
+        remote: Option<crate::input::reference::Digest>,
+        /// The cache's digest (boxed: a result rarely has two).
+        cached: Option<Box<crate::input::reference::Digest>>,
+    },
+}
+
+impl Digests {
+    /// The digests read from the upstream and from the cache.
+    pub fn new(
+        remote: Option<crate::input::reference::Digest>,
+        cached: Option<crate::input::reference::Digest>,
+    ) -> Self {
+        match (remote, cached) {
+            (None, None) => Self::Unknown,
+            (Some(remote), Some(cached)) if remote == cached => Self::Same(remote),
+            (remote, cached) => Self::Differ {
+                remote,
+                cached: cached.map(Box::new),
+            },
+        }
+    }
+
+    /// The upstream digest (`remote_digest`).
+    pub fn remote(&self) -> Option<&crate::input::reference::Digest> {
+        match self {
+            Self::Unknown => None,
+            Self::Same(digest) => Some(digest),
+            Self::Differ { remote, .. } => remote.as_ref(),
+        }
+    }
+
+    /// The cache's digest before the run (`cached_digest`).
+    pub fn cached(&self) -> Option<&crate::input::reference::Digest> {
+        match self {
+            Self::Unknown => None,
+            Self::Same(digest) => Some(digest),
+            Self::Differ { cached, .. } => cached.as_deref(),
+        }
+    }
 }
 
 /// The fields of an [`ImageResult`] that only some images have, each absent from the
-/// report when unset.
-#[derive(Debug, Clone, Default, Serialize)]
+/// report when unset (`error` alone is written as null).
+#[derive(Debug, Clone, Default)]
 pub struct Details {
+    /// One line naming the cause of a failed or deferred image (`error`).
+    pub error: Option<String>,
+    /// The typed failure of a failed image (class, side, host): the metrics count failed
+    /// images by it. Not in the JSON report, whose `error` line names the same cause.
+    pub failure: Option<crate::registry::Failure>,
     /// Signatures, attestations and SBOMs brought up to date (`referrers: true` only;
     /// absent otherwise).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<ReferrerCounts>,
     /// A pinned image whose tag was watched: whether the upstream tag points elsewhere
     /// than the pin (the pin is kept). Absent when not pinned or not watched.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tag_moved: Option<bool>,
     /// A pinned image whose tag was watched: the upstream tag's digest.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_digest: Option<String>,
+    pub upstream_digest: Option<crate::input::reference::Digest>,
     /// A platform filter applies (`platforms`) and left out platforms: the digest of the
     /// index in the cache, which differs from `remote_digest`. Absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filtered_digest: Option<String>,
+    pub filtered_digest: Option<crate::input::reference::Digest>,
     /// A platform filter applies: the platforms the cache holds (`linux/amd64`). Absent
     /// without a filter.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub platforms: Option<Vec<String>>,
 }
 
 impl Details {
     /// The details of a result, `None` (no allocation) when it has none.
-    pub fn of(
-        referrers: Option<ReferrerCounts>,
-        tag_moved: Option<bool>,
-        upstream: Option<&crate::input::reference::Digest>,
-        filtered: Option<&crate::input::reference::Digest>,
-        platforms: Option<Vec<String>>,
-    ) -> Option<Box<Self>> {
-        let details = Self {
-            referrers,
-            tag_moved,
-            upstream_digest: upstream.map(ToString::to_string),
-            filtered_digest: filtered.map(ToString::to_string),
-            platforms,
-        };
-        let none = details.referrers.is_none()
+    pub fn of(details: Self) -> Option<Box<Self>> {
+        let none = details.error.is_none()
+            && details.failure.is_none()
+            && details.referrers.is_none()
             && details.tag_moved.is_none()
             && details.upstream_digest.is_none()
             && details.filtered_digest.is_none()
             && details.platforms.is_none();
         (!none).then(|| Box::new(details))
     }
+
+    /// Only an error line and, for a failed image, its typed failure.
+    pub fn error(error: String, failure: Option<crate::registry::Failure>) -> Option<Box<Self>> {
+        Self::of(Self {
+            error: Some(error),
+            failure,
+            ..Self::default()
+        })
+    }
 }
 
 impl ImageResult {
+    /// One line naming the cause, or `None`.
+    pub fn error(&self) -> Option<&str> {
+        self.details.as_ref()?.error.as_deref()
+    }
+
+    /// The typed failure of a failed image.
+    pub fn failure(&self) -> Option<&crate::registry::Failure> {
+        self.details.as_ref()?.failure.as_ref()
+    }
+
     /// A pinned image whose tag was watched: whether the upstream tag left the pin.
     pub fn tag_moved(&self) -> Option<bool> {
-        self.details.as_ref().and_then(|details| details.tag_moved)
+        self.details.as_ref()?.tag_moved
     }
 
     /// With a platform filter that left out platforms: the filtered index's digest.
-    pub fn filtered_digest(&self) -> Option<&str> {
-        self.details
-            .as_ref()
-            .and_then(|details| details.filtered_digest.as_deref())
+    pub fn filtered_digest(&self) -> Option<&crate::input::reference::Digest> {
+        self.details.as_ref()?.filtered_digest.as_ref()
     }
 }
 
-/// A text shared by several results, written as a string.
-fn shared_text<S: serde::Serializer>(
-    text: &std::sync::Arc<str>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(text)
-}
-
-/// An optional shared text, written as a string or null.
-fn shared_text_or_null<S: serde::Serializer>(
-    text: &Option<std::sync::Arc<str>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match text {
-        Some(text) => serializer.serialize_str(text),
-        None => serializer.serialize_none(),
+impl Serialize for ImageResult {
+    /// The seed's fields first, always present (`null` when unset), then those only some
+    /// images have, each absent when unset.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("image", &*self.image)?;
+        map.serialize_entry("tag", &*self.tag)?;
+        map.serialize_entry("action", &self.action)?;
+        map.serialize_entry("remote_digest", &self.digests.remote())?;
+        map.serialize_entry("cached_digest", &self.digests.cached())?;
+        map.serialize_entry("duration_ms", &self.duration_ms)?;
+        map.serialize_entry("error", &self.error())?;
+        map.serialize_entry("tool", &self.tool)?;
+        map.serialize_entry("attempts", &self.attempts)?;
+        map.serialize_entry("check_gets", &self.check_gets)?;
+        if let Some(details) = &self.details {
+            if let Some(referrers) = &details.referrers {
+                map.serialize_entry("referrers", referrers)?;
+            }
+            if let Some(moved) = &details.tag_moved {
+                map.serialize_entry("tag_moved", moved)?;
+            }
+            if let Some(digest) = &details.upstream_digest {
+                map.serialize_entry("upstream_digest", digest)?;
+            }
+            if let Some(digest) = &details.filtered_digest {
+                map.serialize_entry("filtered_digest", digest)?;
+            }
+            if let Some(platforms) = &details.platforms {
+                map.serialize_entry("platforms", platforms)?;
+            }
+        }
+        if let Some(skipped) = &self.skipped_check {
+            map.serialize_entry("skipped_check", skipped)?;
+        }
+        if let Some(by) = &self.selected_by {
+            map.serialize_entry("selected_by", &**by)?;
+        }
+        map.end()
     }
 }
 
@@ -332,16 +402,13 @@ mod tests {
             image: "nginx".into(),
             tag: "1".into(),
             action,
-            remote_digest: None,
-            cached_digest: None,
+            digests: Digests::Unknown,
             duration_ms: 1,
-            error: None,
             tool: Some(Tool::Crane),
             attempts: 1,
             check_gets: 0,
             skipped_check: None,
             selected_by: None,
-            failure: None,
             details: None,
         }
     }
@@ -392,11 +459,65 @@ mod tests {
     #[test]
     fn an_image_result_stays_small_as_every_one_is_kept_until_the_report() {
         // 100,000 images keep 100,000 results: a field added inline costs that many times.
+        // Its digests are in line (no allocation), kept once when both are the same.
         assert!(
-            std::mem::size_of::<ImageResult>() <= 144,
+            std::mem::size_of::<ImageResult>() <= 128,
             "{}",
             std::mem::size_of::<ImageResult>()
         );
+        assert!(std::mem::size_of::<Digests>() <= 48);
+    }
+
+    fn digest(byte: char) -> crate::input::reference::Digest {
+        crate::input::reference::Digest::parse(&format!("sha256:{}", byte.to_string().repeat(64)))
+            .expect("a digest")
+    }
+
+    #[test]
+    fn a_result_is_written_with_the_seed_fields_first_then_only_the_details_it_has() {
+        let (a, b) = (digest('a'), digest('b'));
+        let cached = ImageResult {
+            digests: Digests::new(Some(a.clone()), Some(a.clone())),
+            selected_by: Some("include".into()),
+            ..result(Action::AlreadyCached)
+        };
+        assert_eq!(cached.digests, Digests::Same(a.clone()));
+        assert_eq!(
+            serde_json::to_string(&cached).expect("serialises"),
+            format!(
+                r#"{{"image":"nginx","tag":"1","action":"already_cached","remote_digest":"{a}","cached_digest":"{a}","duration_ms":1,"error":null,"tool":"crane","attempts":1,"check_gets":0,"selected_by":"include"}}"#
+            )
+        );
+        let failure = crate::registry::Failure::new(crate::registry::Class::WriteRefused, "no");
+        let failed = ImageResult {
+            digests: Digests::new(Some(b.clone()), Some(a.clone())),
+            details: Details::of(Details {
+                error: Some("refused".into()),
+                failure: Some(failure),
+                tag_moved: Some(true),
+                upstream_digest: Some(a.clone()),
+                platforms: Some(vec!["linux/amd64".into()]),
+                ..Details::default()
+            }),
+            skipped_check: Some(crate::input::pins::SkippedCheck::Pinned),
+            ..result(Action::Failed)
+        };
+        assert_eq!(failed.digests.remote(), Some(&b));
+        assert_eq!(failed.digests.cached(), Some(&a));
+        assert_eq!(
+            failed.failure().map(|failure| failure.class),
+            Some(crate::registry::Class::WriteRefused)
+        );
+        assert_eq!(
+            serde_json::to_string(&failed).expect("serialises"),
+            format!(
+                r#"{{"image":"nginx","tag":"1","action":"failed","remote_digest":"{b}","cached_digest":"{a}","duration_ms":1,"error":"refused","tool":"crane","attempts":1,"check_gets":0,"tag_moved":true,"upstream_digest":"{a}","platforms":["linux/amd64"],"skipped_check":"pinned"}}"#
+            )
+        );
+        let not_cached = Digests::new(Some(b.clone()), None);
+        assert_eq!((not_cached.remote(), not_cached.cached()), (Some(&b), None));
+        assert_eq!(Digests::new(None, None), Digests::Unknown);
+        assert!(Details::of(Details::default()).is_none());
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Toolbox {
             side = side.as_str(),
             reference = %repository.with_tag(tag),
             tool = attempted.tool.map_or("", Tool::name),
-            digest = attempted.outcome.as_ref().map_or("", Digest::as_str),
+            digest = attempted.outcome.as_ref().map(Digest::text).as_deref().unwrap_or(""),
             // 0: no HTTP status (a transport failure, a tool's own error).
             status = match &attempted.outcome {
                 Ok(_) => 200,

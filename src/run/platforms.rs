@@ -331,7 +331,7 @@ impl Copy<'_> {
         let head = client
             .head_manifest(
                 self.source,
-                remote.as_str(),
+                &remote.text(),
                 Side::Upstream,
                 self.check_timeout,
             )
@@ -347,7 +347,7 @@ impl Copy<'_> {
         let fetched = client
             .get_manifest(
                 self.source,
-                remote.as_str(),
+                &remote.text(),
                 Side::Upstream,
                 self.check_timeout,
             )
@@ -420,7 +420,7 @@ impl Copy<'_> {
         let mut missing = Vec::new();
         for child in children {
             match client
-                .head_manifest(self.target, child.as_str(), Side::Cache, self.check_timeout)
+                .head_manifest(self.target, &child.text(), Side::Cache, self.check_timeout)
                 .await
             {
                 Ok(Some(_)) => {}

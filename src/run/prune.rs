@@ -209,7 +209,7 @@ async fn apply(
                 let head = client
                     .head_manifest(repository, tag, Side::Cache, budget)
                     .await?;
-                if head.is_none_or(|head| head.digest.as_str() != digest) {
+                if head.is_none_or(|head| *head.digest.text() != *digest) {
                     return Ok(false);
                 }
             }
@@ -250,9 +250,9 @@ async fn contents(
             continue;
         };
         if crate::run::platforms::is_index(&head.media_type)
-            && !contents.children.contains_key(head.digest.as_str())
+            && !contents.children.contains_key(&*head.digest.text())
             && let Some(fetched) = client
-                .get_manifest(repository, head.digest.as_str(), Side::Cache, budget)
+                .get_manifest(repository, &head.digest.text(), Side::Cache, budget)
                 .await?
         {
             let children = crate::run::platforms::children(&fetched.bytes);

@@ -64,7 +64,8 @@ enum Found {
 /// The tags to look for next to an image with digest `digest` (`sha256-<hex>.sig`, ...,
 /// `sha256-<hex>`); `None` for a digest that cannot name a tag (not `algorithm:hex`).
 pub fn tags_for(digest: &Digest) -> Option<Vec<Tag>> {
-    let (algorithm, hex) = digest.as_str().split_once(':')?;
+    let text = digest.text();
+    let (algorithm, hex) = text.split_once(':')?;
     KINDS
         .iter()
         .map(|kind| {

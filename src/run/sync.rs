@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use crate::input::pins::{self, SkippedCheck};
 use crate::input::plan::{Job, Plan, Settings};
 use crate::input::reference::{Digest, Repository, Tag};
-use crate::output::report::ReferrerCounts;
 use crate::output::report::{Action, Details, ImageResult};
+use crate::output::report::{Digests, ReferrerCounts};
 use crate::process::Cancel;
 use crate::registry::{Attempted, Class, Failure, Side, Tool, Toolbox};
 use crate::run::breaker::Breakers;
@@ -440,7 +440,7 @@ async fn filtered_cache(
     let fetched = client
         .get_manifest(
             &job.target,
-            cached.as_str(),
+            &cached.text(),
             Side::Cache,
             context.settings.check_timeout,
         )
@@ -849,58 +849,60 @@ impl<'a> Outcome<'a> {
             image = %self.job.image,
             tag = %self.job.tag,
             action = action.as_str(),
-            digest = self.remote.as_ref().map_or("", Digest::as_str),
+            digest = self.remote.as_ref().map(Digest::text).as_deref().unwrap_or(""),
             tool = self.tool.map_or("", Tool::name),
             "image done"
         );
-        self.into_result(action, None)
+        self.into_result(action, None, None)
     }
 
     fn failed(mut self, tool: Option<Tool>, failure: &Failure) -> ImageResult {
         self.tool = tool.or(self.tool);
         tracing::error!(image = %self.job.image, tag = %self.job.tag, action = "failed", error = %failure, "image failed");
-        let mut result = self.into_result(Action::Failed, Some(failure.to_string()));
-        result.failure = Some(Box::new(failure.clone()));
-        result
+        self.into_result(
+            Action::Failed,
+            Some(failure.to_string()),
+            Some(failure.clone()),
+        )
     }
 
     /// Not started, for a reason that is the whole error (`quota reserve: ...`).
     fn held_back(self, error: &str) -> ImageResult {
         tracing::warn!(image = %self.job.image, tag = %self.job.tag, action = "deferred", error, "image deferred");
-        self.into_result(Action::Deferred, Some(error.to_owned()))
+        self.into_result(Action::Deferred, Some(error.to_owned()), None)
     }
 
     fn deferred(self, reason: &str) -> ImageResult {
         tracing::warn!(image = %self.job.image, tag = %self.job.tag, action = "deferred", reason, "image deferred");
-        self.into_result(Action::Deferred, Some(format!("deferred: {reason}")))
+        self.into_result(Action::Deferred, Some(format!("deferred: {reason}")), None)
     }
 
-    fn into_result(self, action: Action, error: Option<String>) -> ImageResult {
+    fn into_result(
+        self,
+        action: Action,
+        error: Option<String>,
+        failure: Option<Failure>,
+    ) -> ImageResult {
         ImageResult {
             image: self.job.image.clone(),
             tag: self.job.tag.shared(),
             action,
-            // The cache's digest, when it is the upstream's, shares its text.
-            cached_digest: match (&self.cached, &self.remote) {
-                (Some(cached), Some(remote)) if cached == remote => Some(remote.clone()),
-                _ => self.cached,
-            },
-            remote_digest: self.remote,
+            digests: Digests::new(self.remote, self.cached),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            error,
             tool: self.tool,
             attempts: self.attempts,
             check_gets: self.check_gets,
-            details: Details::of(
-                self.referrers,
-                self.tag_moved,
-                self.upstream.as_ref(),
-                self.filtered.as_ref(),
-                self.platforms,
-            ),
             skipped_check: self.skipped_check,
             selected_by: self.job.selected_by.clone(),
-            failure: None,
+            details: Details::of(Details {
+                error,
+                failure,
+                referrers: self.referrers,
+                tag_moved: self.tag_moved,
+                upstream_digest: self.upstream,
+                filtered_digest: self.filtered,
+                platforms: self.platforms,
+            }),
         }
     }
 }

@@ -231,18 +231,15 @@ pub async fn expand(
                         image: template.image.clone(),
                         tag: "".into(),
                         action,
-                        remote_digest: None,
-                        cached_digest: None,
+                        digests: crate::output::report::Digests::Unknown,
                         duration_ms: 0,
-                        error: Some(error),
                         tool: Some(crate::registry::Tool::Builtin),
                         attempts: 1,
                         check_gets: 0,
 
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules).into()),
-                        failure: failure.map(Box::new),
-                        details: None,
+                        details: crate::output::report::Details::error(error, failure),
                     },
                 ));
             }

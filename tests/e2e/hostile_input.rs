@@ -475,6 +475,31 @@ proptest! {
         }
     }
 
+    /// A digest is kept as its bytes, not its text: what reads back is the text it came
+    /// from, ordered and compared as the text is, and anything but lower-case hex of the
+    /// algorithm's exact length is refused.
+    #[test]
+    fn digests_read_back_as_the_text_they_came_from_and_order_as_text(
+        a in "sha(256:[0-9a-f]{64}|512:[0-9a-f]{128})",
+        b in "sha(256:[0-9a-f]{64}|512:[0-9a-f]{128})",
+        hostile in hostile_string(),
+    ) {
+        let (da, db) = (reference::Digest::parse(&a), reference::Digest::parse(&b));
+        let (da, db) = (da.expect("a digest"), db.expect("a digest"));
+        prop_assert_eq!(&*da.text(), a.as_str());
+        prop_assert_eq!(da.to_string(), a.clone());
+        prop_assert_eq!(serde_json::to_string(&da).expect("serialises"), format!("\"{}\"", a));
+        prop_assert_eq!(da.cmp(&db), a.cmp(&b));
+        prop_assert_eq!(da == db, a == b);
+        prop_assert!(reference::Digest::parse(&a.to_uppercase()).is_none());
+        prop_assert!(reference::Digest::parse(&a[..a.len() - 1]).is_none());
+        let longer = format!("{a}0");
+        prop_assert!(reference::Digest::parse(&longer).is_none());
+        if let Some(digest) = reference::Digest::parse(&hostile) {
+            prop_assert_eq!(&*digest.text(), hostile.trim());
+        }
+    }
+
     #[test]
     fn config_parse_never_panics_on_arbitrary_bytes(
         bytes in prop_oneof![

@@ -261,7 +261,7 @@ pub async fn replace(
     let tag = write(client, records, entries, writer, budget).await?;
     for record in read {
         if let Err(failure) = client
-            .delete_manifest(records, record.digest.as_str(), budget)
+            .delete_manifest(records, &record.digest.text(), budget)
             .await
         {
             tracing::warn!(record = %record.tag, cause = %failure, "cannot delete a merged record; it is merged again next time");
