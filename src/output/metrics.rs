@@ -407,7 +407,7 @@ mod tests {
 
             skipped_check: None,
             selected_by: None,
-            details: crate::output::report::Details::error("failed".into(), failure),
+            details: crate::output::report::Details::with_error("failed".into(), failure),
         };
         let missing =
             Failure::new(Class::ManifestUnknown, "nginx:1").on(Side::Upstream, Some("docker.io"));

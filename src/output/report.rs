@@ -166,7 +166,10 @@ impl Details {
     }
 
     /// Only an error line and, for a failed image, its typed failure.
-    pub fn error(error: String, failure: Option<crate::registry::Failure>) -> Option<Box<Self>> {
+    pub fn with_error(
+        error: String,
+        failure: Option<crate::registry::Failure>,
+    ) -> Option<Box<Self>> {
         Self::of(Self {
             error: Some(error),
             failure,

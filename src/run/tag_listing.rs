@@ -239,7 +239,7 @@ pub async fn expand(
 
                         skipped_check: None,
                         selected_by: Some(format!("rules: {}", list.rules).into()),
-                        details: crate::output::report::Details::error(error, failure),
+                        details: crate::output::report::Details::with_error(error, failure),
                     },
                 ));
             }
