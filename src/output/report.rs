@@ -216,29 +216,42 @@ impl Serialize for ImageResult {
         map.serialize_entry("tool", &self.tool)?;
         map.serialize_entry("attempts", &self.attempts)?;
         map.serialize_entry("check_gets", &self.check_gets)?;
-        if let Some(details) = &self.details {
-            if let Some(referrers) = &details.referrers {
-                map.serialize_entry("referrers", referrers)?;
-            }
-            if let Some(moved) = &details.tag_moved {
-                map.serialize_entry("tag_moved", moved)?;
-            }
-            if let Some(digest) = &details.upstream_digest {
-                map.serialize_entry("upstream_digest", digest)?;
-            }
-            if let Some(digest) = &details.filtered_digest {
-                map.serialize_entry("filtered_digest", digest)?;
-            }
-            if let Some(platforms) = &details.platforms {
-                map.serialize_entry("platforms", platforms)?;
-            }
+        /// An entry written only when it has a value.
+        fn present<M: SerializeMap, T: Serialize + ?Sized>(
+            map: &mut M,
+            key: &str,
+            value: Option<&T>,
+        ) -> Result<(), M::Error> {
+            value.map_or(Ok(()), |value| map.serialize_entry(key, value))
         }
-        if let Some(skipped) = &self.skipped_check {
-            map.serialize_entry("skipped_check", skipped)?;
-        }
-        if let Some(by) = &self.selected_by {
-            map.serialize_entry("selected_by", &**by)?;
-        }
+        let details = self.details.as_deref();
+        present(
+            &mut map,
+            "referrers",
+            details.and_then(|d| d.referrers.as_ref()),
+        )?;
+        present(
+            &mut map,
+            "tag_moved",
+            details.and_then(|d| d.tag_moved.as_ref()),
+        )?;
+        present(
+            &mut map,
+            "upstream_digest",
+            details.and_then(|d| d.upstream_digest.as_ref()),
+        )?;
+        present(
+            &mut map,
+            "filtered_digest",
+            details.and_then(|d| d.filtered_digest.as_ref()),
+        )?;
+        present(
+            &mut map,
+            "platforms",
+            details.and_then(|d| d.platforms.as_ref()),
+        )?;
+        present(&mut map, "skipped_check", self.skipped_check.as_ref())?;
+        present(&mut map, "selected_by", self.selected_by.as_deref())?;
         map.end()
     }
 }
